@@ -1,0 +1,77 @@
+"""Token selection for one decoding step, for a batch of rows with their own parameters.
+
+Per position: the predicted token x0 (argmax, after float64 Gumbel noise when the row's
+temperature is > 0) and its confidence (float64 softmax probability of x0, or a uniform
+random rank under remasking='random'). Per row, the number of masked positions to commit:
+fixed count, threshold (all >= threshold, at least one) or factor (largest n whose n-th
+confidence >= 1 - factor/(n+1), at least one; all when only the last fails, as the
+reference does). The committed ones are the most confident masked positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+RULE_FIXED, RULE_THRESHOLD, RULE_FACTOR = 0, 1, 2
+
+
+@dataclass
+class StepRules:
+    """Per-row decoding parameters of a batch, as tensors on the logits' device."""
+
+    rule: torch.Tensor  # [B] long: RULE_FIXED | RULE_THRESHOLD | RULE_FACTOR
+    fixed_count: torch.Tensor  # [B] long: positions to commit under RULE_FIXED
+    threshold: torch.Tensor  # [B] float64
+    factor: torch.Tensor  # [B] float64
+    temperature: torch.Tensor  # [B] float64
+    random_remasking: torch.Tensor  # [B] bool
+    any_sampling: bool  # some row has temperature > 0 (known on the host: no sync)
+    any_random: bool  # some row remasks at random
+
+
+def predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator | None = None):
+    """x0 [B, n] and float64 confidence [B, n] from logits [B, n, V]."""
+    x0 = logits.argmax(dim=-1)
+    if rules.any_sampling:
+        temp = rules.temperature[:, None, None]
+        noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+        noisy = logits.double().exp() / (-torch.log(noise)) ** temp
+        x0 = torch.where(rules.temperature[:, None] > 0, noisy.argmax(dim=-1), x0)
+    probs = torch.softmax(logits.double(), dim=-1)
+    confidence = probs.gather(-1, x0[..., None]).squeeze(-1)
+    if rules.any_random:
+        ranks = torch.rand(x0.shape, dtype=torch.float64, device=x0.device, generator=generator)
+        confidence = torch.where(rules.random_remasking[:, None], ranks, confidence)
+    return x0, confidence
+
+
+def commit_counts(sorted_conf: torch.Tensor, masked_count: torch.Tensor, rules: StepRules) -> torch.Tensor:
+    """[B] number of positions to commit, from confidences sorted descending (-inf = not masked)."""
+    n = sorted_conf.shape[1]
+    index = torch.arange(n, device=sorted_conf.device)
+    valid = index[None, :] < masked_count[:, None]
+
+    above = (sorted_conf >= rules.threshold[:, None]) & valid
+    by_threshold = above.sum(dim=1).clamp(min=1)
+
+    bar = 1.0 - rules.factor[:, None] / (index[None, :] + 2).double()
+    passes = ((sorted_conf >= bar) | (index[None, :] == 0)) & valid
+    leading = passes.long().cumprod(dim=1).sum(dim=1)
+    by_factor = torch.where(leading >= masked_count - 1, masked_count, leading).clamp(min=1)
+
+    count = torch.where(rules.rule == RULE_THRESHOLD, by_threshold, rules.fixed_count)
+    count = torch.where(rules.rule == RULE_FACTOR, by_factor, count)
+    return torch.minimum(count, masked_count)
+
+
+def select_transfer(confidence: torch.Tensor, masked: torch.Tensor, rules: StepRules) -> torch.Tensor:
+    """Bool [B, n]: the masked positions to commit this step."""
+    conf = torch.where(masked, confidence, torch.full_like(confidence, float("-inf")))
+    sorted_conf, order = conf.sort(dim=1, descending=True)
+    count = commit_counts(sorted_conf, masked.sum(dim=1), rules)
+    chosen_sorted = torch.arange(conf.shape[1], device=conf.device)[None, :] < count[:, None]
+    chosen = torch.zeros_like(masked)
+    chosen.scatter_(1, order, chosen_sorted)
+    return chosen & masked

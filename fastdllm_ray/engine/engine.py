@@ -1,0 +1,193 @@
+"""Engine: the continuous-batching loop for diffusion decoding on one device.
+
+Each `step()` admits waiting requests into free cache slots, then runs, for every live
+sequence, one forward: a full one (block start with a cache, or every step without one)
+or a block step against its cache, batching sequences of the same kind and block length.
+Finished blocks are handed back at once; finished sequences free their slot at once.
+Requests and aborts may arrive from other threads; they take effect at the next step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+
+
+from fastdllm_ray.engine.outputs import BlockOutput, GenerationResult
+from fastdllm_ray.engine.runner import ModelRunner, RowOutcome
+from fastdllm_ray.engine.scheduler import QueueFullError, Scheduler
+from fastdllm_ray.engine.sequence import Sequence, Status
+from fastdllm_ray.engine.stats import EngineStats
+from fastdllm_ray.model import LLaDAModel
+from fastdllm_ray.params import GenerationParams
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = 16  # live sequences (cache slots)
+    max_model_len: int | None = None  # prompt + padded answer per slot; default: the model's
+    max_queue: int = 256  # waiting requests beyond the live ones; more are refused
+    seed: int = 0  # for temperature > 0 and remasking="random"
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError("max_model_len: must be >= 2")
+
+
+class Engine:
+    def __init__(self, model: LLaDAModel, config: EngineConfig | None = None) -> None:
+        self.model = model
+        self.config = config or EngineConfig()
+        self.max_model_len = min(self.config.max_model_len or model.config.max_sequence_length,
+                                 model.config.max_sequence_length)
+        self.scheduler = Scheduler(self.config.max_num_seqs, self.config.max_queue)
+        self.runner = ModelRunner(model, self.config.max_num_seqs, self.max_model_len, self.config.seed)
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._aborts: set[str] = set()
+        self._sequences: dict[str, Sequence] = {}
+
+    @property
+    def max_cached_tokens(self) -> int:
+        return self.config.max_num_seqs * self.max_model_len
+
+    def validate(self, prompt_ids: list[int], params: GenerationParams) -> None:
+        """Raises ValueError naming the field when this model cannot run the request."""
+        if not isinstance(params, GenerationParams):
+            raise ValueError(f"params: {type(params).__name__} is not GenerationParams")
+        if len(prompt_ids) == 0:
+            raise ValueError("prompt: is empty")
+        vocab = self.model.config.embedding_size
+        if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab for t in prompt_ids):
+            raise ValueError(f"prompt: token ids must be integers in [0, {vocab})")
+        if self.model.config.mask_token_id in prompt_ids:
+            raise ValueError("prompt: contains the mask token id, which would be generated, not read")
+        total = len(prompt_ids) + params.padded_gen_length
+        if total > self.max_model_len:
+            raise ValueError(
+                f"prompt: {len(prompt_ids)} prompt tokens + {params.padded_gen_length} answer tokens "
+                f"exceed the model's max_sequence_length {self.max_model_len}"
+            )
+
+    def add_request(self, prompt_ids: list[int], params: GenerationParams, request_id: str | None = None) -> str:
+        """Queues a request (thread-safe); raises ValueError or QueueFullError."""
+        prompt_ids = [int(t) if not isinstance(t, bool) and hasattr(t, "__index__") else t for t in prompt_ids]
+        self.validate(prompt_ids, params)
+        request_id = request_id or f"req-{next(self._ids)}"
+        seq = Sequence(request_id, prompt_ids, params)
+        with self._lock:
+            if request_id in self._sequences:
+                raise ValueError(f"request_id: {request_id!r} is already running")
+            self.scheduler.add(seq)
+            self._sequences[request_id] = seq
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        """Removes a request at the next step (thread-safe); its cache slot is freed."""
+        with self._lock:
+            self._aborts.add(request_id)
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return bool(self._sequences)
+
+    @property
+    def num_running(self) -> int:
+        return self.scheduler.num_running
+
+    @property
+    def num_waiting(self) -> int:
+        return self.scheduler.num_waiting
+
+    def step(self) -> list[BlockOutput]:
+        """One engine iteration; returns the blocks that became final."""
+        outputs: list[BlockOutput] = []
+        with self._lock:
+            for request_id in self._aborts:
+                seq = self._sequences.get(request_id)
+                if seq is not None:
+                    outputs.append(self._finish(seq, "cancelled"))
+            self._aborts.clear()
+            for seq in self.scheduler.admit():
+                self.runner.place(seq)
+                seq.block_started = time.monotonic()
+        groups = self.scheduler.groups()
+        self.stats.last_batch_size = sum(len(seqs) for _, _, seqs in groups)
+        self.stats.max_batch_size = max(self.stats.max_batch_size, self.stats.last_batch_size)
+        for kind, block_length, seqs in groups:
+            try:
+                outcomes, fstats = self.runner.step(kind, block_length, seqs)
+            except Exception as exc:  # a failed forward fails its group, not the engine
+                with self._lock:
+                    outputs.extend(self._finish(seq, "error", f"{type(exc).__name__}: {exc}") for seq in seqs)
+                continue
+            self.stats.forwards[kind.value] += 1
+            self.stats.rows += fstats.rows
+            self.stats.computed_positions += fstats.computed_positions
+            self.stats.attended_positions += fstats.attended_positions
+            for seq, outcome in zip(seqs, outcomes):
+                self.stats.committed_tokens += outcome.committed
+                block_output = self._advance(seq, outcome)
+                if block_output is not None:
+                    outputs.append(block_output)
+        return outputs
+
+    def _advance(self, seq: Sequence, outcome: RowOutcome) -> BlockOutput | None:
+        seq.nfe += 1
+        seq.step += 1
+        if outcome.remaining:
+            return None
+        now = time.monotonic()
+        seq.block_times.append(now - (seq.block_started or now))
+        seq.block_started = now
+        if seq.first_block_time is None:
+            seq.first_block_time = now
+        params = seq.params
+        tokens = outcome.block_tokens[: max(0, params.gen_length - seq.block * params.block_length)]
+        stop = False
+        if params.stop_at_eos:
+            ends = set(self.model.end_token_ids)
+            for i, token in enumerate(tokens):
+                if token in ends:
+                    tokens, stop = tokens[: i + 1], True
+                    break
+        seq.output_ids.extend(tokens)
+        if stop or seq.is_last_block:
+            with self._lock:
+                final = self._finish(seq, "stop" if stop else "length")
+            final.token_ids = tokens
+            return final
+        seq.block += 1
+        seq.step = 0
+        return BlockOutput(seq.request_id, tokens, finished=False)
+
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> BlockOutput:
+        """Ends a sequence (caller holds the lock) and frees its slot."""
+        self.scheduler.release(seq)
+        self._sequences.pop(seq.request_id, None)
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+        seq.error = error
+        self.stats.finished[reason] += 1
+        now = time.monotonic()
+        result = GenerationResult(
+            request_id=seq.request_id,
+            prompt_ids=seq.prompt_ids,
+            token_ids=list(seq.output_ids),
+            nfe=seq.nfe,
+            finish_reason=reason,
+            block_times=seq.block_times,
+            time_to_first_block=None if seq.first_block_time is None else seq.first_block_time - seq.arrival_time,
+            latency=now - seq.arrival_time,
+            error=error,
+        )
+        return BlockOutput(seq.request_id, [], finished=True, result=result)
+
+
+__all__ = ["Engine", "EngineConfig", "QueueFullError"]

@@ -1,0 +1,30 @@
+"""What the engine hands back: a final block as it completes, and a request's result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    prompt_ids: list[int]
+    token_ids: list[int]  # the answer: gen_length ids, or up to and including the end token
+    nfe: int  # forwards run for this request
+    finish_reason: str  # "stop" (end token) | "length" | "cancelled" | "error"
+    block_times: list[float] = field(default_factory=list)  # seconds each decoded block took
+    time_to_first_block: float | None = None  # seconds from arrival to the first final block
+    latency: float | None = None  # seconds from arrival to the end
+    error: str | None = None
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return len(self.token_ids) / self.nfe if self.nfe else 0.0
+
+
+@dataclass
+class BlockOutput:
+    request_id: str
+    token_ids: list[int]  # tokens that became final with this block (already cut at the end)
+    finished: bool
+    result: GenerationResult | None = None  # set on the last output of a request

@@ -1,0 +1,29 @@
+"""EngineStats: running counters the serving layer turns into metrics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EngineStats:
+    forwards: Counter = field(default_factory=Counter)  # by kind: full / prefix / dual
+    rows: int = 0  # sequence-forwards (the sum of NFE over requests)
+    computed_positions: int = 0
+    attended_positions: int = 0
+    committed_tokens: int = 0
+    finished: Counter = field(default_factory=Counter)  # by finish reason
+    last_batch_size: int = 0  # rows in the last engine iteration
+    max_batch_size: int = 0
+
+    @property
+    def cache_hit_rate(self) -> float:
+        """Attended key positions served from the cache / all attended positions."""
+        if not self.attended_positions:
+            return 0.0
+        return 1.0 - self.computed_positions / self.attended_positions
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.committed_tokens / self.rows if self.rows else 0.0

@@ -1,0 +1,157 @@
+"""Checkpoint I/O in the real LLaDA format: config.json + *.safetensors (one file, or shards
+with model.safetensors.index.json) + tokenizer files, from a local directory or the HF hub.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from fastdllm_ray.model.config import LLaDAConfig
+from fastdllm_ray.model.llada import LLaDAModel
+
+CHECKPOINT_PREFIX = "model."  # the real checkpoint's names: model.transformer.blocks.N...
+_HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.json", "*.model", "*.txt"]
+
+
+def resolve_checkpoint(path_or_id: str | Path) -> Path:
+    """A local directory as is; anything else is taken as a hub id and downloaded (cached)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(path_or_id).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model: {path_or_id} is not a checkpoint directory")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(path_or_id), allow_patterns=_HUB_PATTERNS))
+
+
+def _end_tokens_from_generation_config(directory: Path) -> tuple[int, ...]:
+    gen = directory / "generation_config.json"
+    if not gen.exists():
+        return ()
+    eos = json.loads(gen.read_text()).get("eos_token_id")
+    if eos is None:
+        return ()
+    return tuple(eos) if isinstance(eos, list) else (eos,)
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [directory / name for name in shards]
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"model: no *.safetensors in {directory}")
+    return files
+
+
+def load_state_dict(directory: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Reads every expected tensor by its checkpoint name; names what is missing or misshapen."""
+    found: dict[str, torch.Tensor] = {}
+    for file in _weight_files(directory):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                name = key[len(CHECKPOINT_PREFIX):] if key.startswith(CHECKPOINT_PREFIX) else key
+                if name in expected:
+                    found[name] = f.get_tensor(key)
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise ValueError(f"checkpoint {directory}: missing tensor {CHECKPOINT_PREFIX}{missing[0]}"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    for name, tensor in found.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ValueError(
+                f"checkpoint {directory}: tensor {CHECKPOINT_PREFIX}{name} has shape "
+                f"{tuple(tensor.shape)}, config.json implies {tuple(expected[name].shape)}"
+            )
+    return found
+
+
+def load_model(
+    path_or_id: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> LLaDAModel:
+    """Loads a LLaDA checkpoint (local directory or hub id) into our network, in eval mode.
+
+    dtype defaults to float32 on the CPU and bfloat16 elsewhere.
+    """
+    directory = resolve_checkpoint(path_or_id)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"model: {directory} has no config.json")
+    raw = json.loads(config_path.read_text())
+    extra = list(raw.get("end_token_ids") or []) + list(_end_tokens_from_generation_config(directory))
+    raw["end_token_ids"] = extra
+    config = LLaDAConfig.from_dict(raw)
+    device = torch.device(device)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    with torch.device("meta"):
+        model = LLaDAModel(config)
+    state = load_state_dict(directory, model.state_dict())
+    model.load_state_dict(state, assign=True)
+    model = model.to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
+    model.end_token_ids = config.end_token_ids + _tokenizer_end_ids(directory)
+    model.name_or_path = str(path_or_id)
+    return model
+
+
+def _tokenizer_end_ids(directory: Path) -> tuple[int, ...]:
+    """LLaDA's chat turns end with <|eot_id|>, its documents with <|endoftext|>."""
+    tok = directory / "tokenizer.json"
+    if not tok.exists():
+        return ()
+    vocab = json.loads(tok.read_text()).get("added_tokens", [])
+    wanted = {"<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<|eos|>"}
+    return tuple(t["id"] for t in vocab if t.get("content") in wanted)
+
+
+def save_checkpoint(
+    model: LLaDAModel, directory: str | Path, max_shard_bytes: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Writes config.json and safetensors (sharded with an index when max_shard_bytes is set)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+    tensors = {
+        CHECKPOINT_PREFIX + name: t.detach().to(dtype or t.dtype).contiguous().cpu()
+        for name, t in model.state_dict().items()
+    }
+    if max_shard_bytes is None:
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        return directory
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / file), metadata={"format": "pt"})
+        weight_map.update({name: file for name in shard})
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+             "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return directory
+
+
+def load_tokenizer(path_or_id: str | Path):
+    """The checkpoint's tokenizer (with its chat template) through transformers."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(resolve_checkpoint(path_or_id)))

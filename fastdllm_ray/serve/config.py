@@ -1,0 +1,55 @@
+"""AppConfig: everything that shapes a served app, validated once at the edge.
+
+The same config is the `args` of a Ray Serve config file (`import_path:
+fastdllm_ray.serve.builder:build_app`), what the `fastdllm-ray serve` CLI builds from its
+flags, and what the KubeRay RayService embeds.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class EngineSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_num_seqs: int = Field(16, ge=1, description="live sequences per replica (K/V cache slots)")
+    max_model_len: Optional[int] = Field(None, ge=2, description="prompt + answer tokens per sequence")
+    max_queue: int = Field(64, ge=1, description="waiting requests per replica before 503")
+
+
+class AutoscalingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: Optional[float] = Field(
+        None, gt=0, description="default: the engine's max_num_seqs"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AutoscalingSettings":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas: must be <= max_replicas")
+        return self
+
+
+class AppConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: Optional[str] = Field(None, description="checkpoint directory or HF hub id; None = the shipped model")
+    model_name: Optional[str] = Field(None, description="name clients send as `model`; default from the checkpoint")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
+    num_gpus_per_replica: Optional[float] = Field(None, ge=0, description="default: 1 when device is cuda")
+    num_cpus_per_replica: float = Field(1, ge=0)
+    num_replicas: Optional[int] = Field(None, ge=1, description="fixed replica count (no autoscaling)")
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    max_ongoing_requests: Optional[int] = Field(
+        None, ge=1, description="per replica; default: max_num_seqs + max_queue"
+    )
+    api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys; empty = no auth")
+    request_timeout_s: float = Field(600.0, gt=0)
