@@ -1,0 +1,1 @@
+"""Subcommands of the fastdllm-ray CLI."""
