@@ -27,7 +27,16 @@ def resolve_checkpoint(path_or_id: str | Path) -> Path:
         raise FileNotFoundError(f"model: {path_or_id} is not a checkpoint directory")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(str(path_or_id), allow_patterns=_HUB_PATTERNS))
+    # hub errors do not say which id they were about, nor that a local path was also tried
+    try:
+        return Path(snapshot_download(str(path_or_id), allow_patterns=_HUB_PATTERNS))
+    except ValueError as exc:  # an invalid repo id
+        raise ValueError(f"model: {path_or_id!r} is neither a local directory nor a valid hub id ({exc})") from exc
+    except OSError as exc:  # not found, offline, network down
+        raise FileNotFoundError(
+            f"model: {path_or_id!r} is not a local directory and could not be fetched from the hub "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _end_tokens_from_generation_config(directory: Path) -> tuple[int, ...]:

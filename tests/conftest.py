@@ -1,0 +1,35 @@
+"""Shared fixtures: the reference vectors and the tiny real-format checkpoint they came from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REFDATA = Path(__file__).parent / "fixtures" / "refdata"
+REF_CHECKPOINT = REFDATA / "checkpoint"
+
+# Tests share two cores with each other and with CI neighbours: more threads only contend.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict:
+    return json.loads((REFDATA / "reference.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def _ref_model_session():
+    from fastdllm_ray import load_model
+
+    return load_model(REF_CHECKPOINT)
+
+
+@pytest.fixture
+def ref_model(_ref_model_session, monkeypatch):
+    """The refdata checkpoint (float32, CPU) with no end tokens, as the refdata assumes;
+    a test may set `end_token_ids` freely: it is restored afterwards."""
+    monkeypatch.setattr(_ref_model_session, "end_token_ids", ())
+    return _ref_model_session
