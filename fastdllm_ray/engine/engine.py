@@ -30,6 +30,7 @@ class EngineConfig:
     max_model_len: int | None = None  # prompt + padded answer per slot; default: the model's
     max_queue: int = 256  # waiting requests beyond the live ones; more are refused
     seed: int = 0  # for temperature > 0 and remasking="random"
+    cuda_graphs: bool = True  # replay captured forwards on CUDA (no effect on the CPU)
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_queue"):
@@ -46,7 +47,8 @@ class Engine:
         self.max_model_len = min(self.config.max_model_len or model.config.max_sequence_length,
                                  model.config.max_sequence_length)
         self.scheduler = Scheduler(self.config.max_num_seqs, self.config.max_queue)
-        self.runner = ModelRunner(model, self.config.max_num_seqs, self.max_model_len, self.config.seed)
+        self.runner = ModelRunner(model, self.config.max_num_seqs, self.max_model_len,
+                                  self.config.seed, self.config.cuda_graphs)
         self.stats = EngineStats()
         self._ids = itertools.count()
         self._lock = threading.Lock()

@@ -9,6 +9,7 @@ import torch
 
 from fastdllm_ray.decoding import RULE_FACTOR, RULE_FIXED, RULE_THRESHOLD, StepRules, num_to_commit
 from fastdllm_ray.decoding import predict, select_transfer
+from fastdllm_ray.engine.cuda_graphs import GraphedForward
 from fastdllm_ray.engine.sequence import ForwardKind, Sequence
 from fastdllm_ray.model import CacheView, KVCache, LLaDAModel
 
@@ -28,7 +29,8 @@ class ForwardStats:
 
 
 class ModelRunner:
-    def __init__(self, model: LLaDAModel, num_slots: int, slot_len: int, seed: int = 0) -> None:
+    def __init__(self, model: LLaDAModel, num_slots: int, slot_len: int, seed: int = 0,
+                 cuda_graphs: bool = True) -> None:
         cfg = model.config
         self.model = model
         self.device = model.device
@@ -38,6 +40,7 @@ class ModelRunner:
                              model.dtype, self.device)
         self.canvas = torch.full((num_slots, slot_len + 1), self.mask_id, dtype=torch.long, device=self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.graphed = GraphedForward(model) if cuda_graphs and self.device.type == "cuda" else None
 
     def place(self, seq: Sequence) -> None:
         """Writes the prompt followed by masks into the sequence's slot."""
@@ -100,8 +103,12 @@ class ModelRunner:
         view = self._view(seqs, positions)
         slots = view.slots
         tokens = self.canvas[slots[:, None], positions.clamp(min=0)]
-        logits = self.model(tokens, positions, view=view,
-                            logits_index=None if kind is ForwardKind.DUAL else logits_index)
+        if kind is ForwardKind.DUAL:
+            logits_index = None  # the block is the whole input
+        if self.graphed is not None:
+            logits = self.graphed(kind.value, tokens, positions, view, logits_index)
+        else:
+            logits = self.model(tokens, positions, view=view, logits_index=logits_index)
 
         block_pos = self._tensor([s.block_start for s in seqs])[:, None] + torch.arange(
             block_length, device=self.device)[None, :]

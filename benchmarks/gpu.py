@@ -1,0 +1,156 @@
+"""GPU benchmark on an LLaDA-8B-shaped model with random bf16 weights (run through the device tool).
+
+Measures, for cache none/prefix/dual with the fixed one-token-per-step schedule: tokens/s,
+ms per forward (refresh = full forward, block step separately), NFE and peak memory, and the
+floor of each forward from the bandwidth and bf16 matmul rate measured in the same run.
+
+    PYTHONPATH=. python3 benchmarks/gpu.py --out BENCHMARKS.md --plot benchmarks/gpu_throughput.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fastdllm_ray import Engine, EngineConfig, GenerationParams
+from fastdllm_ray.model import LLaDAConfig, LLaDAModel
+
+LLADA_8B = LLaDAConfig(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288,
+                       vocab_size=126464, embedding_size=126464, max_sequence_length=4096,
+                       mask_token_id=126336, eos_token_id=126081)
+
+
+def random_model(cfg: LLaDAConfig, device: str = "cuda") -> LLaDAModel:
+    with torch.device("meta"):
+        model = LLaDAModel(cfg)
+    model = model.to_empty(device=device).to(torch.bfloat16).eval().requires_grad_(False)
+    gen = torch.Generator(device=device).manual_seed(0)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, 0.02, generator=gen)
+    model.end_token_ids = ()  # random weights: decode every block (no early stop)
+    return model
+
+
+def timed(fn, repeats: int = 10) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def measure_floors() -> dict:
+    n = 1 << 30  # 2 GiB of bf16
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    copy_s = timed(lambda: dst.copy_(src))
+    bandwidth = 2 * src.numel() * 2 / copy_s  # bytes read + written per second
+    del src, dst
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    mm_s = timed(lambda: a @ b)
+    return {"bandwidth": bandwidth, "flops": 2 * 8192**3 / mm_s}
+
+
+def weight_bytes(model: LLaDAModel) -> int:
+    skip = model.transformer["wte"].weight
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p is not skip)
+
+
+def forward_cost(cfg: LLaDAConfig, batch: int, q_len: int, kv_len: int, n_logits: int, weights: int):
+    """(bytes, flops) of one batched forward: weights + K/V read; matmuls + attention."""
+    per_token_linear = 4 * cfg.d_model**2 + 3 * cfg.d_model * cfg.mlp_hidden_size
+    flops = 2 * batch * (q_len * per_token_linear * cfg.n_layers + n_logits * cfg.d_model * cfg.embedding_size)
+    flops += 4 * batch * cfg.n_layers * q_len * kv_len * cfg.d_model
+    kv_bytes = batch * kv_len * cfg.n_layers * 2 * cfg.d_model * 2
+    return weights + kv_bytes, flops
+
+
+@dataclass
+class Run:
+    cache: str
+    batch: int
+    prompt: int
+    gen: int
+    tokens_per_s: float
+    refresh_ms: float
+    step_ms: float
+    nfe: int
+    peak_gib: float
+    floor_step_ms: float
+    floor_refresh_ms: float
+    complete: bool
+
+
+def run_config(model, floors, cache, batch, prompt, gen, block=32, budget_s=25.0) -> Run:
+    cfg = model.config
+    params = GenerationParams(steps=gen, gen_length=gen, block_length=block, cache=cache, stop_at_eos=False)
+    engine = Engine(model, EngineConfig(max_num_seqs=batch, max_model_len=prompt + gen, max_queue=batch))
+    gen_ = torch.Generator().manual_seed(1)
+    for _ in range(batch):
+        ids = torch.randint(0, 120000, (prompt,), generator=gen_).tolist()
+        engine.add_request(ids, params)
+    torch.cuda.reset_peak_memory_stats()
+    times: dict[str, list[float]] = {"full": [], "step": []}
+    committed = 0
+    start = time.perf_counter()
+    complete = True
+    while engine.has_unfinished():
+        kinds = [s.kind.value for s in engine.scheduler.running] or ["full"]
+        t0 = time.perf_counter()
+        outs = engine.step()
+        times["full" if kinds[0] == "full" else "step"].append(time.perf_counter() - t0)
+        committed = engine.stats.committed_tokens
+        if time.perf_counter() - start > budget_s and any(o.token_ids for o in outs):
+            complete = False  # stop at a block boundary; throughput from what ran
+            break
+    elapsed = time.perf_counter() - start
+    nfe = engine.stats.rows // batch
+    weights = weight_bytes(model)
+    kv = prompt + gen
+    s_bytes, s_flops = forward_cost(cfg, batch, block if cache == "dual" else kv // 2, kv, block, weights)
+    f_bytes, f_flops = forward_cost(cfg, batch, kv, kv, block, weights)
+    floor = lambda b, f: 1e3 * max(b / floors["bandwidth"], f / floors["flops"])  # noqa: E731
+    median = lambda xs: sorted(xs)[len(xs) // 2] * 1e3 if xs else float("nan")  # noqa: E731
+    return Run(cache, batch, prompt, gen, committed / elapsed, median(times["full"]), median(times["step"]),
+               nfe, torch.cuda.max_memory_allocated() / 2**30, floor(s_bytes, s_flops), floor(f_bytes, f_flops),
+               complete)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", default="dual:1:128:256,prefix:1:128:256,none:1:128:256,"
+                    "dual:8:128:256,dual:32:128:256,dual:64:128:256,prefix:32:128:256,none:8:128:256,"
+                    "dual:1:512:1024,prefix:1:512:1024,none:1:512:1024")
+    ap.add_argument("--budget", type=float, default=25.0, help="seconds per configuration at most")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    floors = measure_floors()
+    model = random_model(LLADA_8B)
+    print(f"device {torch.cuda.get_device_name()}  copy bandwidth {floors['bandwidth'] / 1e12:.2f} TB/s  "
+          f"bf16 matmul {floors['flops'] / 1e12:.0f} TFLOP/s  weights {weight_bytes(model) / 1e9:.1f} GB", flush=True)
+    runs = []
+    for spec in args.configs.split(","):
+        cache, batch, prompt, gen = spec.split(":")
+        run = run_config(model, floors, cache, int(batch), int(prompt), int(gen), budget_s=args.budget)
+        runs.append(run)
+        print(json.dumps(run.__dict__), flush=True)
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"floors": floors, "device": torch.cuda.get_device_name(),
+                       "runs": [r.__dict__ for r in runs]}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
