@@ -77,6 +77,7 @@ def forward_cost(cfg: LLaDAConfig, batch: int, q_len: int, kv_len: int, n_logits
 
 @dataclass
 class Run:
+    variant: str
     cache: str
     batch: int
     prompt: int
@@ -91,10 +92,16 @@ class Run:
     complete: bool
 
 
-def run_config(model, floors, cache, batch, prompt, gen, block=32, budget_s=25.0) -> Run:
+VARIANTS = {"eager": (False, False), "graphs": (True, False), "compiled": (True, True)}
+
+
+def run_config(model, floors, cache, batch, prompt, gen, variant="compiled", block=32, budget_s=25.0) -> Run:
     cfg = model.config
     params = GenerationParams(steps=gen, gen_length=gen, block_length=block, cache=cache, stop_at_eos=False)
-    engine = Engine(model, EngineConfig(max_num_seqs=batch, max_model_len=prompt + gen, max_queue=batch))
+    graphs, compiled = VARIANTS[variant]
+    model.compile_blocks(compiled)
+    engine = Engine(model, EngineConfig(max_num_seqs=batch, max_model_len=prompt + gen, max_queue=batch,
+                                        cuda_graphs=graphs, compile_blocks=compiled))
     gen_ = torch.Generator().manual_seed(1)
     for _ in range(batch):
         ids = torch.randint(0, 120000, (prompt,), generator=gen_).tolist()
@@ -121,7 +128,7 @@ def run_config(model, floors, cache, batch, prompt, gen, block=32, budget_s=25.0
     f_bytes, f_flops = forward_cost(cfg, batch, kv, kv, block, weights)
     floor = lambda b, f: 1e3 * max(b / floors["bandwidth"], f / floors["flops"])  # noqa: E731
     median = lambda xs: sorted(xs)[len(xs) // 2] * 1e3 if xs else float("nan")  # noqa: E731
-    return Run(cache, batch, prompt, gen, committed / elapsed, median(times["full"]), median(times["step"]),
+    return Run(variant, cache, batch, prompt, gen, committed / elapsed, median(times["full"]), median(times["step"]),
                nfe, torch.cuda.max_memory_allocated() / 2**30, floor(s_bytes, s_flops), floor(f_bytes, f_flops),
                complete)
 
@@ -141,8 +148,9 @@ def main() -> None:
           f"bf16 matmul {floors['flops'] / 1e12:.0f} TFLOP/s  weights {weight_bytes(model) / 1e9:.1f} GB", flush=True)
     runs = []
     for spec in args.configs.split(","):
-        cache, batch, prompt, gen = spec.split(":")
-        run = run_config(model, floors, cache, int(batch), int(prompt), int(gen), budget_s=args.budget)
+        cache, batch, prompt, gen, *variant = spec.split(":")
+        run_config(model, floors, cache, int(batch), int(prompt), int(gen), *variant, budget_s=0)  # warm-up
+        run = run_config(model, floors, cache, int(batch), int(prompt), int(gen), *variant, budget_s=args.budget)
         runs.append(run)
         print(json.dumps(run.__dict__), flush=True)
         torch.cuda.empty_cache()

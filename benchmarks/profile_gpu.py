@@ -21,11 +21,12 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--graphs", type=int, default=1)
+    ap.add_argument("--compile", type=int, default=1)
     args = ap.parse_args()
     model = random_model(LLADA_8B)
     params = GenerationParams(steps=args.gen, gen_length=args.gen, block_length=32, cache=args.cache, stop_at_eos=False)
     engine = Engine(model, EngineConfig(max_num_seqs=args.batch, max_model_len=args.prompt + args.gen,
-                                        cuda_graphs=bool(args.graphs)))
+                                        cuda_graphs=bool(args.graphs), compile_blocks=bool(args.compile)))
     for i in range(args.batch):
         engine.add_request([(7 * i + j) % 1000 for j in range(args.prompt)], params)
     for _ in range(3):

@@ -31,6 +31,7 @@ class EngineConfig:
     max_queue: int = 256  # waiting requests beyond the live ones; more are refused
     seed: int = 0  # for temperature > 0 and remasking="random"
     cuda_graphs: bool = True  # replay captured forwards on CUDA (no effect on the CPU)
+    compile_blocks: bool = True  # torch.compile the blocks' elementwise work on CUDA
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_queue"):
@@ -48,7 +49,7 @@ class Engine:
                                  model.config.max_sequence_length)
         self.scheduler = Scheduler(self.config.max_num_seqs, self.config.max_queue)
         self.runner = ModelRunner(model, self.config.max_num_seqs, self.max_model_len,
-                                  self.config.seed, self.config.cuda_graphs)
+                                  self.config.seed, self.config.cuda_graphs, self.config.compile_blocks)
         self.stats = EngineStats()
         self._ids = itertools.count()
         self._lock = threading.Lock()

@@ -30,7 +30,7 @@ class ForwardStats:
 
 class ModelRunner:
     def __init__(self, model: LLaDAModel, num_slots: int, slot_len: int, seed: int = 0,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, compile_blocks: bool = True) -> None:
         cfg = model.config
         self.model = model
         self.device = model.device
@@ -40,7 +40,10 @@ class ModelRunner:
                              model.dtype, self.device)
         self.canvas = torch.full((num_slots, slot_len + 1), self.mask_id, dtype=torch.long, device=self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.graphed = GraphedForward(model) if cuda_graphs and self.device.type == "cuda" else None
+        on_cuda = self.device.type == "cuda"
+        if compile_blocks and on_cuda:
+            model.compile_blocks()
+        self.graphed = GraphedForward(model) if cuda_graphs and on_cuda else None
 
     def place(self, seq: Sequence) -> None:
         """Writes the prompt followed by masks into the sequence's slot."""

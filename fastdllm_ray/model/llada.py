@@ -23,10 +23,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # normalise in float32 whatever the weights' dtype, as the reference does
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # normalise in float32 whatever the weights' dtype, as the reference does
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float):
@@ -45,7 +49,32 @@ def apply_rope(t: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.T
     return (t32 * cos + rotated * sin).to(t.dtype)
 
 
+def attention_inputs(x, norm_w, eps: float, wq, wk, wv, sin, cos, n_heads: int, n_kv_heads: int):
+    """RMSNorm, q/k/v projections and RoPE: q [B, T, H, D], k and v [B, T, H_kv, D]."""
+    B, T, d = x.shape
+    head_dim = d // n_heads
+    h = rms_norm(x, norm_w, eps)
+    q = F.linear(h, wq).view(B, T, n_heads, head_dim)
+    k = F.linear(h, wk).view(B, T, n_kv_heads, head_dim)
+    v = F.linear(h, wv).view(B, T, n_kv_heads, head_dim)
+    return apply_rope(q, sin, cos), apply_rope(k, sin, cos), v
+
+
+def attention_out_and_mlp(x, attn, w_out, norm_w, eps: float, w_gate, w_up, w_down):
+    """Residual attention output, then the residual SwiGLU MLP."""
+    x = x + F.linear(attn, w_out)
+    h = rms_norm(x, norm_w, eps)
+    return x + F.linear(F.silu(F.linear(h, w_gate)) * F.linear(h, w_up), w_down)
+
+
+class _EagerOps:
+    attention_inputs = staticmethod(attention_inputs)
+    attention_out_and_mlp = staticmethod(attention_out_and_mlp)
+
+
 class LLaDABlock(nn.Module):
+    ops = _EagerOps  # swapped for torch.compile'd versions by LLaDAModel.compile_blocks()
+
     def __init__(self, cfg: LLaDAConfig) -> None:
         super().__init__()
         d, kv_dim = cfg.d_model, cfg.n_kv_heads * cfg.head_dim
@@ -60,13 +89,12 @@ class LLaDABlock(nn.Module):
         self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)
         self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=False)
 
-    def attention(self, x, sin, cos, view: CacheView | None, key_mask, layer: int):
+    def forward(self, x, sin, cos, view: CacheView | None, key_mask, layer: int) -> torch.Tensor:
         cfg = self.cfg
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim)
-        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim)
-        v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim)
-        q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+        q, k, v = self.ops.attention_inputs(
+            x, self.attn_norm.weight, cfg.rms_norm_eps, self.q_proj.weight, self.k_proj.weight,
+            self.v_proj.weight, sin, cos, cfg.n_heads, cfg.n_kv_heads)
         if view is None:
             keys, values = k.transpose(1, 2), v.transpose(1, 2)
         else:
@@ -75,13 +103,11 @@ class LLaDABlock(nn.Module):
             repeat = cfg.n_heads // cfg.n_kv_heads
             keys = keys.repeat_interleave(repeat, dim=1)
             values = values.repeat_interleave(repeat, dim=1)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=key_mask)
-        return self.attn_out(out.transpose(1, 2).reshape(B, T, cfg.d_model))
-
-    def forward(self, x, sin, cos, view, key_mask, layer: int) -> torch.Tensor:
-        x = x + self.attention(self.attn_norm(x), sin, cos, view, key_mask, layer)
-        h = self.ff_norm(x)
-        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+        attn = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=key_mask)
+        attn = attn.transpose(1, 2).reshape(B, T, cfg.d_model)
+        return self.ops.attention_out_and_mlp(
+            x, attn, self.attn_out.weight, self.ff_norm.weight, cfg.rms_norm_eps,
+            self.ff_proj.weight, self.up_proj.weight, self.ff_out.weight)
 
 
 class LLaDAModel(nn.Module):
@@ -98,6 +124,21 @@ class LLaDAModel(nn.Module):
         if not cfg.weight_tying:
             self.transformer["ff_out"] = nn.Linear(cfg.d_model, cfg.embedding_size, bias=False)
         self.end_token_ids: tuple[int, ...] = cfg.end_token_ids
+
+    def compile_blocks(self, enabled: bool = True) -> None:
+        """Fuses each block's elementwise work (norms, RoPE, SwiGLU) with torch.compile.
+
+        One compiled function serves every layer (weights are arguments), so it compiles once
+        per input shape family; used on CUDA, where those ops cost more than the matmuls'
+        own memory traffic at small batch.
+        """
+
+        class _CompiledOps:
+            attention_inputs = staticmethod(torch.compile(attention_inputs, dynamic=True))
+            attention_out_and_mlp = staticmethod(torch.compile(attention_out_and_mlp, dynamic=True))
+
+        for block in self.transformer["blocks"]:
+            block.ops = _CompiledOps if enabled else _EagerOps
 
     @property
     def device(self) -> torch.device:
