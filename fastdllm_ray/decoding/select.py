@@ -31,7 +31,13 @@ class StepRules:
     any_random: bool  # some row remasks at random
 
 
-def predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator | None = None):
+def confidence_of(logits: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """float64 softmax probability of x0 under logits (the reference's confidence)."""
+    return torch.softmax(logits.double(), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+
+
+def predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator | None = None,
+            confidence_fn=confidence_of):
     """x0 [B, n] and float64 confidence [B, n] from logits [B, n, V]."""
     x0 = logits.argmax(dim=-1)
     if rules.any_sampling:
@@ -39,8 +45,7 @@ def predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator |
         noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
         noisy = logits.double().exp() / (-torch.log(noise)) ** temp
         x0 = torch.where(rules.temperature[:, None] > 0, noisy.argmax(dim=-1), x0)
-    probs = torch.softmax(logits.double(), dim=-1)
-    confidence = probs.gather(-1, x0[..., None]).squeeze(-1)
+    confidence = confidence_fn(logits, x0)
     if rules.any_random:
         ranks = torch.rand(x0.shape, dtype=torch.float64, device=x0.device, generator=generator)
         confidence = torch.where(rules.random_remasking[:, None], ranks, confidence)

@@ -9,6 +9,7 @@ import torch
 
 from fastdllm_ray.decoding import RULE_FACTOR, RULE_FIXED, RULE_THRESHOLD, StepRules, num_to_commit
 from fastdllm_ray.decoding import predict, select_transfer
+from fastdllm_ray.decoding.select import confidence_of
 from fastdllm_ray.engine.cuda_graphs import GraphedForward
 from fastdllm_ray.engine.sequence import ForwardKind, Sequence
 from fastdllm_ray.model import CacheView, KVCache, LLaDAModel
@@ -41,8 +42,10 @@ class ModelRunner:
         self.canvas = torch.full((num_slots, slot_len + 1), self.mask_id, dtype=torch.long, device=self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         on_cuda = self.device.type == "cuda"
+        self.confidence_fn = confidence_of
         if compile_blocks and on_cuda:
             model.compile_blocks()
+            self.confidence_fn = torch.compile(confidence_of, dynamic=True)
         self.graphed = GraphedForward(model) if cuda_graphs and on_cuda else None
 
     def place(self, seq: Sequence) -> None:
@@ -106,6 +109,13 @@ class ModelRunner:
         view = self._view(seqs, positions)
         slots = view.slots
         tokens = self.canvas[slots[:, None], positions.clamp(min=0)]
+        # everything the decoding step needs from the host is sent before the forward, so the
+        # host queues the whole step behind the forward and waits only once, at the end
+        rules = self._rules(seqs, block_length)
+        block_pos = self._tensor([s.block_start for s in seqs])[:, None] + torch.arange(
+            block_length, device=self.device)[None, :]
+        current = self.canvas[slots[:, None], block_pos]
+        masked = current == self.mask_id
         if kind is ForwardKind.DUAL:
             logits_index = None  # the block is the whole input
         if self.graphed is not None:
@@ -113,12 +123,7 @@ class ModelRunner:
         else:
             logits = self.model(tokens, positions, view=view, logits_index=logits_index)
 
-        block_pos = self._tensor([s.block_start for s in seqs])[:, None] + torch.arange(
-            block_length, device=self.device)[None, :]
-        current = self.canvas[slots[:, None], block_pos]
-        masked = current == self.mask_id
-        rules = self._rules(seqs, block_length)
-        x0, confidence = predict(logits, rules, self.generator)
+        x0, confidence = predict(logits, rules, self.generator, self.confidence_fn)
         chosen = select_transfer(confidence, masked, rules)
         updated = torch.where(chosen, x0, current)
         self.canvas[slots[:, None], block_pos] = updated

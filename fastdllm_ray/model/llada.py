@@ -49,22 +49,32 @@ def apply_rope(t: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.T
     return (t32 * cos + rotated * sin).to(t.dtype)
 
 
-def attention_inputs(x, norm_w, eps: float, wq, wk, wv, sin, cos, n_heads: int, n_kv_heads: int):
+def project(h: torch.Tensor, weights: tuple, sizes: list[int]):
+    """Separate projections, or one fused projection split into the same outputs."""
+    if len(weights) == 1:
+        return F.linear(h, weights[0]).split(sizes, dim=-1)
+    return [F.linear(h, w) for w in weights]
+
+
+def attention_inputs(x, norm_w, eps: float, qkv_weights: tuple, sin, cos, n_heads: int, n_kv_heads: int):
     """RMSNorm, q/k/v projections and RoPE: q [B, T, H, D], k and v [B, T, H_kv, D]."""
     B, T, d = x.shape
     head_dim = d // n_heads
     h = rms_norm(x, norm_w, eps)
-    q = F.linear(h, wq).view(B, T, n_heads, head_dim)
-    k = F.linear(h, wk).view(B, T, n_kv_heads, head_dim)
-    v = F.linear(h, wv).view(B, T, n_kv_heads, head_dim)
+    kv_dim = n_kv_heads * head_dim
+    q, k, v = project(h, qkv_weights, [d, kv_dim, kv_dim])
+    q = q.reshape(B, T, n_heads, head_dim)
+    k = k.reshape(B, T, n_kv_heads, head_dim)
+    v = v.reshape(B, T, n_kv_heads, head_dim)
     return apply_rope(q, sin, cos), apply_rope(k, sin, cos), v
 
 
-def attention_out_and_mlp(x, attn, w_out, norm_w, eps: float, w_gate, w_up, w_down):
+def attention_out_and_mlp(x, attn, w_out, norm_w, eps: float, gate_up_weights: tuple, w_down):
     """Residual attention output, then the residual SwiGLU MLP."""
     x = x + F.linear(attn, w_out)
     h = rms_norm(x, norm_w, eps)
-    return x + F.linear(F.silu(F.linear(h, w_gate)) * F.linear(h, w_up), w_down)
+    gate, up = project(h, gate_up_weights, [w_down.shape[1], w_down.shape[1]])
+    return x + F.linear(F.silu(gate) * up, w_down)
 
 
 class _EagerOps:
@@ -88,13 +98,30 @@ class LLaDABlock(nn.Module):
         self.ff_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)
         self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)
         self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=False)
+        self.fused_qkv: tuple = ()  # (w_qkv,) once fuse_projections() ran
+        self.fused_gate_up: tuple = ()
+
+    def fuse_projections(self) -> None:
+        """One [q;k;v] and one [gate;up] matrix: fewer, larger matmuls. The named weights
+        become views into the fused ones, so no memory is duplicated."""
+        if self.fused_qkv:
+            return
+        for names, attr in ((("q_proj", "k_proj", "v_proj"), "fused_qkv"), (("ff_proj", "up_proj"), "fused_gate_up")):
+            layers = [getattr(self, n) for n in names]
+            fused = torch.cat([layer.weight for layer in layers], dim=0)
+            offset = 0
+            for layer in layers:
+                rows = layer.weight.shape[0]
+                layer.weight = nn.Parameter(fused[offset: offset + rows], requires_grad=False)
+                offset += rows
+            setattr(self, attr, (fused,))
 
     def forward(self, x, sin, cos, view: CacheView | None, key_mask, layer: int) -> torch.Tensor:
         cfg = self.cfg
         B, T, _ = x.shape
+        qkv = self.fused_qkv or (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
         q, k, v = self.ops.attention_inputs(
-            x, self.attn_norm.weight, cfg.rms_norm_eps, self.q_proj.weight, self.k_proj.weight,
-            self.v_proj.weight, sin, cos, cfg.n_heads, cfg.n_kv_heads)
+            x, self.attn_norm.weight, cfg.rms_norm_eps, qkv, sin, cos, cfg.n_heads, cfg.n_kv_heads)
         if view is None:
             keys, values = k.transpose(1, 2), v.transpose(1, 2)
         else:
@@ -105,9 +132,9 @@ class LLaDABlock(nn.Module):
             values = values.repeat_interleave(repeat, dim=1)
         attn = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=key_mask)
         attn = attn.transpose(1, 2).reshape(B, T, cfg.d_model)
+        gate_up = self.fused_gate_up or (self.ff_proj.weight, self.up_proj.weight)
         return self.ops.attention_out_and_mlp(
-            x, attn, self.attn_out.weight, self.ff_norm.weight, cfg.rms_norm_eps,
-            self.ff_proj.weight, self.up_proj.weight, self.ff_out.weight)
+            x, attn, self.attn_out.weight, self.ff_norm.weight, cfg.rms_norm_eps, gate_up, self.ff_out.weight)
 
 
 class LLaDAModel(nn.Module):
@@ -139,6 +166,8 @@ class LLaDAModel(nn.Module):
 
         for block in self.transformer["blocks"]:
             block.ops = _CompiledOps if enabled else _EagerOps
+            if enabled:
+                block.fuse_projections()
 
     @property
     def device(self) -> torch.device:
