@@ -1,0 +1,1 @@
+"""Training the shipped tiny LLaDA: the tokenizer, the synthetic tasks and the training loop."""
