@@ -18,6 +18,7 @@ from fastdllm_ray.deploy.yaml_text import dump_yaml
 
 APP_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
 HF_CACHE_DIR = "/data/hf-cache"
 SERVE_PORT = 8000
 METRICS_PORT = 8080  # Ray's Prometheus export port on every node
@@ -59,8 +60,9 @@ def render_k8s(config: dict[str, Any], options: KubeOptions) -> list[dict[str, A
     return [rayservice(config, shapes, needs_hub, options), openai_service(options)]
 
 
-def labels(options: KubeOptions) -> dict[str, str]:
-    return {APP_LABEL: "fastdllm-ray", INSTANCE_LABEL: options.name}
+def labels(options: KubeOptions, component: str | None = None) -> dict[str, str]:
+    found = {APP_LABEL: "fastdllm-ray", INSTANCE_LABEL: options.name}
+    return found | {COMPONENT_LABEL: component} if component else found
 
 
 def rayservice(config: dict[str, Any], shapes: list[ReplicaShape], needs_hub: bool,
@@ -139,7 +141,8 @@ def pod_template(options: KubeOptions, container: str, resources: dict[str, str]
     if gpu:
         # GPU node pools are usually tainted so that only GPU work lands there
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    return {"metadata": {"labels": labels(options)}, "spec": pod}
+    component = "head" if container == "ray-head" else "worker"
+    return {"metadata": {"labels": labels(options, component)}, "spec": pod}
 
 
 def head_probe() -> dict[str, Any]:
@@ -149,20 +152,25 @@ def head_probe() -> dict[str, Any]:
 
 
 def worker_probe() -> dict[str, Any]:
-    # Serve's proxy health endpoint on this node: traffic only reaches pods that can route it
-    return {"httpGet": {"path": "/-/healthz", "port": SERVE_PORT},
+    # The app's /health through this pod's Serve proxy: ready once the proxy is up *and* this
+    # cluster's app answers. Serve's own /-/healthz is up before the app is, so during an
+    # upgrade the new cluster's pods would take traffic they can only answer 404/503.
+    return {"httpGet": {"path": "/health", "port": SERVE_PORT},
             "initialDelaySeconds": 10, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 10}
 
 
 def openai_service(options: KubeOptions) -> dict[str, Any]:
-    """A stable name for the OpenAI API in front of the pods whose Serve proxy is healthy."""
+    """A stable name for the OpenAI API in front of the ready worker pods.
+
+    Workers only: the head must turn ready before the app deploys (KubeRay waits for it),
+    so its readiness cannot say that the app answers."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": options.name + "-openai", "labels": labels(options)},
         "spec": {
             "type": "ClusterIP",
-            "selector": {INSTANCE_LABEL: options.name, "ray.io/serve": "true"},
+            "selector": {INSTANCE_LABEL: options.name, COMPONENT_LABEL: "worker"},
             "ports": [{"name": "openai", "port": SERVE_PORT, "targetPort": SERVE_PORT, "protocol": "TCP"}],
         },
     }

@@ -124,10 +124,10 @@ def test_gpu_pods_read_the_hf_token_secret_and_cache_volume(stem):
 
 
 @pytest.mark.parametrize("stem", DEPLOYMENTS)
-def test_workers_are_ready_when_serve_health_endpoint_answers(stem):
+def test_workers_are_ready_when_the_app_answers_through_serve(stem):
     port = load_serve_config(ROOT / "deployments" / f"{stem}.yaml")["http_options"]["port"]
     worker = pod_templates(rayservice(stem))[1]["spec"]["containers"][0]
-    assert worker["readinessProbe"]["httpGet"] == {"path": "/-/healthz", "port": port}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/health", "port": port}
 
 
 @pytest.mark.parametrize("stem", DEPLOYMENTS)
@@ -137,10 +137,12 @@ def test_openai_service_and_pod_monitor_select_the_ray_pods(stem):
     monitor = yaml.safe_load((K8S / "podmonitor.yaml").read_text())
     port = load_serve_config(ROOT / "deployments" / f"{stem}.yaml")["http_options"]["port"]
     assert service["spec"]["ports"][0]["targetPort"] == port
-    for template in pod_templates(rayservice(stem)):
+    head, *workers = pod_templates(rayservice(stem))
+    assert not service["spec"]["selector"].items() <= head["metadata"]["labels"].items()
+    for template in [head, *workers]:
         labels = template["metadata"]["labels"]
-        # ray.io/serve is set by KubeRay on pods whose Serve proxy is healthy
-        assert {k: v for k, v in service["spec"]["selector"].items() if k != "ray.io/serve"}.items() <= labels.items()
+        if template is not head:
+            assert service["spec"]["selector"].items() <= labels.items()
         assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
         ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
         assert ports[monitor["spec"]["podMetricsEndpoints"][0]["port"]] == 8080
