@@ -49,7 +49,10 @@ def test_head_runs_no_replicas_and_workers_have_gpus(cluster):
 
 
 def test_nodes_install_this_package_and_start_the_serve_app(cluster):
-    assert cluster["file_mounts"] == {"~/fastdllm-ray": "."}
+    for remote, local in cluster["file_mounts"].items():
+        assert remote.startswith("~/fastdllm-ray/") and (ROOT / local).exists(), (remote, local)
+    mounted = {Path(local).name for local in cluster["file_mounts"].values()}
+    assert {"pyproject.toml", "fastdllm_ray", "deployments"} <= mounted  # what `pip install` and `serve deploy` read
     assert any("pip install" in cmd and "~/fastdllm-ray" in cmd for cmd in cluster["setup_commands"])
     head = " ".join(cluster["head_start_ray_commands"])
     assert "ray start --head" in head and "--metrics-export-port=8080" in head
