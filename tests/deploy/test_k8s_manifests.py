@@ -169,3 +169,12 @@ def test_render_refuses_an_invalid_deployment_file(tmp_path, capsys):
     assert cli_main(["render", "k8s", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "applications[0].args" in err and "device" in err
+
+
+def test_image_is_built_on_the_pinned_ray():
+    import ray
+
+    dockerfile = (K8S / "Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{ray.__version__}-py311-gpu" in dockerfile
+    for stem in DEPLOYMENTS:
+        assert rayservice(stem)["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
