@@ -13,6 +13,7 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -53,8 +54,7 @@ def measure_floors() -> dict:
     src = torch.empty(n, dtype=torch.bfloat16, device="cuda")
     dst = torch.empty_like(src)
     copy_s = timed(lambda: dst.copy_(src))
-    bandwidth = 2 * src.numel() * 2 / copy_s  # bytes read + written per second
-    del src, dst
+    bandwidth = 2 * n * 2 / copy_s  # bytes read + written per second
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     mm_s = timed(lambda: a @ b)
@@ -133,18 +133,107 @@ def run_config(model, floors, cache, batch, prompt, gen, variant="compiled", blo
                complete)
 
 
+def agreement(model_dirs: list[str], dtype=torch.bfloat16) -> list[tuple[str, int, int]]:
+    """Tokens equal between float32 on the CPU and `dtype` on the GPU, per checkpoint."""
+    from fastdllm_ray import generate, load_model
+    from fastdllm_ray.model import load_tokenizer
+
+    rows = []
+    for directory in model_dirs:
+        cpu = load_model(directory, device="cpu", dtype=torch.float32)
+        gpu = load_model(directory, device="cuda", dtype=dtype)
+        prompts, params = _agreement_cases(directory, cpu, load_tokenizer)
+        ref = generate(cpu, prompts, params)
+        out = generate(gpu, prompts, params)
+        same = total = 0
+        for a, b in zip(ref, out):
+            n = max(len(a.token_ids), len(b.token_ids))
+            same += sum(x == y for x, y in zip(a.token_ids, b.token_ids))
+            total += n
+        rows.append((directory, same, total))
+    return rows
+
+
+def _agreement_cases(directory, model, load_tokenizer):
+    ref = Path(directory).parent / "reference.json"
+    if ref.exists():  # the reference's tiny random checkpoint: its own cases, no tokenizer
+        model.end_token_ids = ()
+        cases = json.loads(ref.read_text())["cases"]
+        return [c["prompt"] for c in cases], [GenerationParams(
+            steps=c["steps"], gen_length=c["gen_length"], block_length=c["block_length"],
+            threshold=c.get("threshold"), factor=c.get("factor"), cache=c["cache"], stop_at_eos=False)
+            for c in cases]
+    tok = load_tokenizer(directory)
+    questions = [f"What is {a}+{b}?" for a, b in [(23, 58), (7, 5), (120, 33), (64, 64), (9, 91), (45, 17)]]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
+               for q in questions]
+    prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
+    settings = [GenerationParams(steps=64, gen_length=64, block_length=32, cache=c, threshold=t)
+                for c in ("none", "dual") for t in (None, 0.9)]
+    return [p for p in prompts for _ in settings], [q for _ in prompts for q in settings]
+
+
+def markdown(runs: list[Run], floors: dict, device: str, command: str, agree) -> str:
+    lines = [f"Device: {device}; measured copy bandwidth {floors['bandwidth'] / 1e12:.2f} TB/s (read+write), "
+             f"bf16 matmul {floors['flops'] / 1e12:.0f} TFLOP/s. LLaDA-8B shape, random bf16 weights, "
+             "block 32, one token per step (steps = gen), stop_at_eos off. Floor = max(bytes / bandwidth, "
+             "FLOPs / matmul rate) of one forward. `compiled` = CUDA graphs + torch.compile'd block math + "
+             "fused projections; `graphs` = CUDA graphs only; `eager` = neither.", "",
+             f"Command: `{command}`", "",
+             "| variant | cache | batch | prompt | gen | tokens/s | refresh ms | step ms | step floor ms "
+             "| step / floor | NFE | peak GiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        step = r.step_ms if r.step_ms == r.step_ms else r.refresh_ms  # no cache: every forward is full
+        floor = r.floor_step_ms if r.step_ms == r.step_ms else r.floor_refresh_ms
+        lines.append(f"| {r.variant} | {r.cache} | {r.batch} | {r.prompt} | {r.gen} | {r.tokens_per_s:.1f} | "
+                     f"{r.refresh_ms:.1f} | {step:.2f} | {floor:.2f} | {step / floor:.2f}x | {r.nfe}"
+                     f"{'' if r.complete else '*'} | {r.peak_gib:.1f} |")
+    lines += ["", "`*`: stopped at a block boundary after the time budget; tokens/s is over the blocks run.",
+              "For `none`, the step columns show the full forward (every step is one)."]
+    if agree:
+        lines += ["", "bf16 on the GPU vs float32 on the CPU, same settings (tokens equal / tokens):", ""]
+        lines += [f"- `{d}`: {same}/{total} = {100 * same / max(total, 1):.1f}%" for d, same, total in agree]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[Run], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for cache in ("dual", "prefix", "none"):
+        pts = sorted((r.batch, r.tokens_per_s) for r in runs
+                     if r.cache == cache and r.variant == "compiled" and r.gen == 256)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"{cache} cache")
+    ax.axhline(22, color="gray", linestyle="--", label="reference, batch 1 (22 tok/s)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch (concurrent sequences)")
+    ax.set_ylabel("generated tokens/s")
+    ax.set_title("LLaDA-8B shape on one GPU, prompt 128, gen 256")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", default="dual:1:128:256,prefix:1:128:256,none:1:128:256,"
-                    "dual:8:128:256,dual:32:128:256,dual:64:128:256,prefix:32:128:256,none:8:128:256,"
-                    "dual:1:512:1024,prefix:1:512:1024,none:1:512:1024")
+    ap.add_argument("--configs", default="dual:1:128:256:eager,dual:1:128:256:graphs,dual:1:128:256,"
+                    "prefix:1:128:256,none:1:128:256,dual:8:128:256,dual:32:128:256,dual:64:128:256,"
+                    "prefix:8:128:256,prefix:32:128:256,none:8:128:256,none:32:128:256,"
+                    "dual:1:512:1024,prefix:1:512:1024,none:1:512:1024,dual:8:512:1024,prefix:8:512:1024")
     ap.add_argument("--budget", type=float, default=25.0, help="seconds per configuration at most")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--agreement", default="tests/fixtures/refdata/checkpoint,fastdllm_ray/assets/tiny-llada-arith")
+    ap.add_argument("--out-dir", default=None, help="write gpu.md (a BENCHMARKS.md section) and a PNG here")
     args = ap.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = True
     floors = measure_floors()
     model = random_model(LLADA_8B)
-    print(f"device {torch.cuda.get_device_name()}  copy bandwidth {floors['bandwidth'] / 1e12:.2f} TB/s  "
+    device = torch.cuda.get_device_name()
+    print(f"device {device}  copy bandwidth {floors['bandwidth'] / 1e12:.2f} TB/s  "
           f"bf16 matmul {floors['flops'] / 1e12:.0f} TFLOP/s  weights {weight_bytes(model) / 1e9:.1f} GB", flush=True)
     runs = []
     for spec in args.configs.split(","):
@@ -154,10 +243,15 @@ def main() -> None:
         runs.append(run)
         print(json.dumps(run.__dict__), flush=True)
         torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"floors": floors, "device": torch.cuda.get_device_name(),
-                       "runs": [r.__dict__ for r in runs]}, f, indent=1)
+    del model
+    torch.cuda.empty_cache()
+    agree = agreement([d for d in args.agreement.split(",") if d and Path(d, "config.json").exists()])
+    command = "PYTHONPATH=. python3 benchmarks/gpu.py" + (f" --budget {args.budget:g}" if args.budget != 25 else "")
+    text = markdown(runs, floors, device, command, agree)
+    print(text)
+    if args.out_dir:
+        Path(args.out_dir, "gpu.md").write_text(text)
+        plot(runs, str(Path(args.out_dir, "gpu_throughput.png")))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastdllm_ray.decoding import RULE_FACTOR, RULE_FIXED, RULE_THRESHOLD, StepRules, num_to_commit
+from fastdllm_ray.decoding import RULE_FACTOR, RULE_FIXED, RULE_THRESHOLD, StepRules
 from fastdllm_ray.decoding import predict, select_transfer
 from fastdllm_ray.decoding.select import confidence_of
 from fastdllm_ray.engine.cuda_graphs import GraphedForward
@@ -20,6 +20,16 @@ class RowOutcome:
     block_tokens: list[int]  # the block's tokens after this step
     remaining: int  # masked positions left in the block
     committed: int  # positions committed by this step
+
+
+@dataclass
+class _Batch:
+    positions: torch.Tensor  # [B, T] absolute positions of the input tokens, -1 = padding
+    view: CacheView
+    rules: StepRules
+    logits_index: torch.Tensor  # [B, block_length]: where the block sits in the input
+    block_pos: torch.Tensor  # [B, block_length]: the block's absolute positions
+    computed: int  # input positions, summed over rows
 
 
 @dataclass
@@ -39,6 +49,7 @@ class ModelRunner:
         self.slot_len = slot_len
         self.cache = KVCache(cfg.n_layers, num_slots, slot_len, cfg.n_kv_heads, cfg.head_dim,
                              model.dtype, self.device)
+        self.arange = torch.arange(slot_len + 1, device=self.device)
         self.canvas = torch.full((num_slots, slot_len + 1), self.mask_id, dtype=torch.long, device=self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         on_cuda = self.device.type == "cuda"
@@ -57,63 +68,56 @@ class ModelRunner:
     def _tensor(self, values, dtype=torch.long) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=self.device)
 
-    def _inputs(self, kind: ForwardKind, block_length: int, seqs: list[Sequence]):
-        """positions [B, T] (-1 = padding) and the index of the block's positions in T."""
-        starts = [0 if kind is ForwardKind.FULL else s.block_start for s in seqs]
-        ends = [s.block_start + block_length if kind is ForwardKind.DUAL else s.total_len for s in seqs]
-        width = max(e - b for b, e in zip(starts, ends))
-        offsets = torch.arange(width, device=self.device)
-        start_t, end_t = self._tensor(starts), self._tensor(ends)
-        positions = start_t[:, None] + offsets[None, :]
-        positions = torch.where(positions < end_t[:, None], positions, torch.full_like(positions, -1))
-        block_offset = self._tensor([s.block_start - b for s, b in zip(seqs, starts)])
-        logits_index = block_offset[:, None] + torch.arange(block_length, device=self.device)[None, :]
-        computed = sum(e - b for b, e in zip(starts, ends))
-        return positions, logits_index, computed
-
-    def _view(self, seqs: list[Sequence], positions: torch.Tensor) -> CacheView:
-        slots = [s.slot for s in seqs]
+    def _batch(self, kind: ForwardKind, block_length: int, seqs: list[Sequence]) -> "_Batch":
+        """All per-row inputs of a step, sent to the device in two copies (launches cost
+        more than the work at batch 1), then expanded there into index tensors."""
+        ints, floats, width, computed = [], [], 0, 0
+        for s in seqs:
+            p = s.params
+            start = 0 if kind is ForwardKind.FULL else s.block_start
+            end = s.block_start + block_length if kind is ForwardKind.DUAL else s.total_len
+            base, extra = divmod(block_length, p.steps_per_block)
+            rule = RULE_THRESHOLD if p.threshold is not None else RULE_FACTOR if p.factor is not None else RULE_FIXED
+            ints.append((start, end, s.block_start, s.total_len, s.slot, rule,
+                         base + (1 if s.step < extra else 0), p.remasking == "random"))
+            floats.append((p.threshold or 1.0, p.factor or 1.0, p.temperature))
+            width, computed = max(width, end - start), computed + end - start
+        start_t, end_t, block_start, total, slots, rule_t, fixed, rand = self._tensor(ints).unbind(1)
+        floats_t = self._tensor(floats, torch.float64)
         lengths = [s.total_len for s in seqs]
         kv_len = max(lengths)
+
+        positions = start_t[:, None] + self.arange[None, :width]
+        positions = positions.masked_fill(positions >= end_t[:, None], -1)
+        write_pos = positions.masked_fill(positions < 0, self.cache.scratch_position)
         key_mask = None
         if min(lengths) != kv_len:
-            valid = torch.arange(kv_len, device=self.device)[None, :] < self._tensor(lengths)[:, None]
-            key_mask = valid[:, None, None, :]
-        contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
-        write_pos = torch.where(positions < 0, torch.full_like(positions, self.cache.scratch_position), positions)
-        return CacheView(self.cache, self._tensor(slots), write_pos, kv_len, key_mask,
-                         (slots[0], slots[-1] + 1) if contiguous else None)
-
-    def _rules(self, seqs: list[Sequence], block_length: int) -> StepRules:
+            key_mask = (self.arange[None, :kv_len] < total[:, None])[:, None, None, :]
+        slot_list = [s.slot for s in seqs]
+        contiguous = slot_list == list(range(slot_list[0], slot_list[0] + len(slot_list)))
+        view = CacheView(self.cache, slots, write_pos, kv_len, key_mask,
+                         (slot_list[0], slot_list[-1] + 1) if contiguous else None)
         params = [s.params for s in seqs]
-        rule = [RULE_THRESHOLD if p.threshold is not None else RULE_FACTOR if p.factor is not None
-                else RULE_FIXED for p in params]
-        fixed = num_to_commit(self._tensor([s.step for s in seqs]), self._tensor([block_length] * len(seqs)),
-                              self._tensor([p.steps_per_block for p in params]))
-        f64 = torch.float64
-        return StepRules(
-            rule=self._tensor(rule),
-            fixed_count=fixed,
-            threshold=self._tensor([p.threshold or 1.0 for p in params], f64),
-            factor=self._tensor([p.factor or 1.0 for p in params], f64),
-            temperature=self._tensor([p.temperature for p in params], f64),
-            random_remasking=self._tensor([p.remasking == "random" for p in params], torch.bool),
+        rules = StepRules(
+            rule=rule_t, fixed_count=fixed, threshold=floats_t[:, 0], factor=floats_t[:, 1],
+            temperature=floats_t[:, 2], random_remasking=rand.bool(),
             any_sampling=any(p.temperature > 0 for p in params),
             any_random=any(p.remasking == "random" for p in params),
         )
+        block_offsets = self.arange[None, :block_length]
+        return _Batch(positions, view, rules, (block_start - start_t)[:, None] + block_offsets,
+                      block_start[:, None] + block_offsets, computed)
 
     @torch.inference_mode()
     def step(self, kind: ForwardKind, block_length: int, seqs: list[Sequence]):
         """One forward and one decoding step for seqs; returns per-row outcomes and stats."""
-        positions, logits_index, computed = self._inputs(kind, block_length, seqs)
-        view = self._view(seqs, positions)
-        slots = view.slots
-        tokens = self.canvas[slots[:, None], positions.clamp(min=0)]
         # everything the decoding step needs from the host is sent before the forward, so the
         # host queues the whole step behind the forward and waits only once, at the end
-        rules = self._rules(seqs, block_length)
-        block_pos = self._tensor([s.block_start for s in seqs])[:, None] + torch.arange(
-            block_length, device=self.device)[None, :]
+        batch = self._batch(kind, block_length, seqs)
+        positions, view, rules, logits_index, block_pos = (
+            batch.positions, batch.view, batch.rules, batch.logits_index, batch.block_pos)
+        slots = view.slots
+        tokens = self.canvas[slots[:, None], positions.clamp(min=0)]
         current = self.canvas[slots[:, None], block_pos]
         masked = current == self.mask_id
         if kind is ForwardKind.DUAL:
@@ -132,5 +136,5 @@ class ModelRunner:
         committed = chosen.sum(dim=1, keepdim=True)
         packed = torch.cat([updated, remaining, committed], dim=1).tolist()  # the one host sync
         outcomes = [RowOutcome(row[:block_length], row[block_length], row[block_length + 1]) for row in packed]
-        stats = ForwardStats(len(seqs), computed, sum(s.total_len for s in seqs))
+        stats = ForwardStats(len(seqs), batch.computed, sum(s.total_len for s in seqs))
         return outcomes, stats
