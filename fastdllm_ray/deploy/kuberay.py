@@ -20,7 +20,7 @@ APP_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 HF_CACHE_DIR = "/data/hf-cache"
-SERVE_PORT = 8000
+DEFAULT_SERVE_PORT = 8000  # Serve's default when http_options has no port
 METRICS_PORT = 8080  # Ray's Prometheus export port on every node
 DASHBOARD_AGENT_PORT = 52365  # serves the raylet health check
 
@@ -57,7 +57,8 @@ def render_k8s(config: dict[str, Any], options: KubeOptions) -> list[dict[str, A
         raise ValueError("applications: none uses fastdllm_ray.serve.builder:build_app")
     shapes = [replica_shape(app.get("args") or {}) for app in apps]
     needs_hub = any((app.get("args") or {}).get("model") is not None for app in apps)
-    return [rayservice(config, shapes, needs_hub, options), openai_service(options)]
+    port = int((config.get("http_options") or {}).get("port", DEFAULT_SERVE_PORT))
+    return [rayservice(config, shapes, needs_hub, port, options), openai_service(port, options)]
 
 
 def labels(options: KubeOptions, component: str | None = None) -> dict[str, str]:
@@ -65,7 +66,7 @@ def labels(options: KubeOptions, component: str | None = None) -> dict[str, str]
     return found | {COMPONENT_LABEL: component} if component else found
 
 
-def rayservice(config: dict[str, Any], shapes: list[ReplicaShape], needs_hub: bool,
+def rayservice(config: dict[str, Any], shapes: list[ReplicaShape], needs_hub: bool, port: int,
                options: KubeOptions) -> dict[str, Any]:
     uses_gpus = any(shape.uses_gpus for shape in shapes)
     min_pods = sum(shape.pods(shape.min_replicas, options.gpus_per_pod) for shape in shapes)
@@ -82,15 +83,15 @@ def rayservice(config: dict[str, Any], shapes: list[ReplicaShape], needs_hub: bo
         "minReplicas": min_pods,
         "maxReplicas": max_pods,
         "rayStartParams": {},
-        "template": pod_template(options, "ray-worker", worker_resources, needs_hub,
-                                 worker_probe(), gpu=uses_gpus),
+        "template": pod_template(options, "ray-worker", worker_resources, needs_hub, port,
+                                 worker_probe(port), gpu=uses_gpus),
     }
     head_resources = {"cpu": options.head_cpu,
                       "memory": options.head_memory if uses_gpus else options.cpu_head_memory}
     head_group = {
         # no replicas on the head: it keeps the GCS and the Serve controller responsive
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-        "template": pod_template(options, "ray-head", head_resources, needs_hub,
+        "template": pod_template(options, "ray-head", head_resources, needs_hub, port,
                                  head_probe(), gpu=False),
     }
     return {
@@ -111,9 +112,9 @@ def rayservice(config: dict[str, Any], shapes: list[ReplicaShape], needs_hub: bo
     }
 
 
-def pod_template(options: KubeOptions, container: str, resources: dict[str, str],
-                 needs_hub: bool, readiness: dict[str, Any], gpu: bool) -> dict[str, Any]:
-    ports = [{"name": "serve", "containerPort": SERVE_PORT},
+def pod_template(options: KubeOptions, container: str, resources: dict[str, str], needs_hub: bool,
+                 port: int, readiness: dict[str, Any], gpu: bool) -> dict[str, Any]:
+    ports = [{"name": "serve", "containerPort": port},
              {"name": "metrics", "containerPort": METRICS_PORT}]
     if container == "ray-head":
         ports = [{"name": "gcs", "containerPort": 6379},
@@ -151,15 +152,15 @@ def head_probe() -> dict[str, Any]:
             "initialDelaySeconds": 10, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 10}
 
 
-def worker_probe() -> dict[str, Any]:
+def worker_probe(port: int) -> dict[str, Any]:
     # The app's /health through this pod's Serve proxy: ready once the proxy is up *and* this
     # cluster's app answers. Serve's own /-/healthz is up before the app is, so during an
     # upgrade the new cluster's pods would take traffic they can only answer 404/503.
-    return {"httpGet": {"path": "/health", "port": SERVE_PORT},
+    return {"httpGet": {"path": "/health", "port": port},
             "initialDelaySeconds": 10, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 10}
 
 
-def openai_service(options: KubeOptions) -> dict[str, Any]:
+def openai_service(port: int, options: KubeOptions) -> dict[str, Any]:
     """A stable name for the OpenAI API in front of the ready worker pods.
 
     Workers only: the head must turn ready before the app deploys (KubeRay waits for it),
@@ -171,7 +172,7 @@ def openai_service(options: KubeOptions) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": {INSTANCE_LABEL: options.name, COMPONENT_LABEL: "worker"},
-            "ports": [{"name": "openai", "port": SERVE_PORT, "targetPort": SERVE_PORT, "protocol": "TCP"}],
+            "ports": [{"name": "openai", "port": port, "targetPort": port, "protocol": "TCP"}],
         },
     }
 
