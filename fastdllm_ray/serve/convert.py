@@ -1,0 +1,168 @@
+"""The one place an OpenAI request becomes what the engine runs: prompt token ids and one
+GenerationParams (plus the stop strings the ingress applies to the text). No later layer
+re-reads the request. Every refusal is a RequestError naming the request field.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Optional
+
+from fastdllm_ray.params import GenerationParams
+from fastdllm_ray.serve.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, FastDLLMFields
+
+DEFAULT_MAX_TOKENS = 128
+MAX_STOP_STRINGS = 4
+# GenerationParams field -> the request field a client set
+_REQUEST_FIELD = {"gen_length": "max_tokens", "cache": "use_cache", "prompt": "prompt"}
+
+
+class RequestError(Exception):
+    """A request the server refuses; becomes an OpenAI error body with this HTTP status."""
+
+    def __init__(self, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                 status: int = 400, type: str = "invalid_request_error",
+                 headers: Optional[dict[str, str]] = None) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+        self.status, self.type, self.headers = status, type, headers or {}
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    prompt_ids: list[int]
+    params: GenerationParams
+    stop: tuple[str, ...]
+
+
+class PromptEncoder:
+    """Chat messages or text -> token ids, with user text always encoded as plain text.
+
+    A user who types `<|mdm_mask|>` or `<|eot_id|>` gets those characters, never the special
+    token: the chat template is rendered around placeholders, its own pieces are encoded
+    with special tokens recognised, and each message's content with them split.
+    """
+
+    def __init__(self, tokenizer, vocab_size: int, mask_token_id: int) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.mask_token_id = mask_token_id
+        self._nonce = uuid.uuid4().hex[:12]
+        self._trims = self._template_trims_content()
+
+    def _mark(self, i: int) -> str:
+        return f"@@FASTDLLM{self._nonce}MSG{i}@@"
+
+    def _template_trims_content(self) -> bool:
+        probe = f" {self._mark(0)} "
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": probe}], add_generation_prompt=True, tokenize=False)
+        return probe not in rendered
+
+    def _plain(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+    def _template(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def chat(self, messages: list[ChatMessage]) -> list[int]:
+        placeholders = [{"role": m.role, "content": self._mark(i)} for i, m in enumerate(messages)]
+        rendered = self.tokenizer.apply_chat_template(placeholders, add_generation_prompt=True, tokenize=False)
+        pieces = re.split(f"@@FASTDLLM{self._nonce}MSG(\\d+)@@", rendered)
+        ids: list[int] = []
+        for i, piece in enumerate(pieces):
+            if i % 2 == 0:
+                ids += self._template(piece) if piece else []
+            else:
+                content = messages[int(piece)].content
+                ids += self._plain(content.strip() if self._trims else content)
+        return ids
+
+    def text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"])
+
+    def token_ids(self, ids: list[int]) -> list[int]:
+        if any(not 0 <= t < self.vocab_size for t in ids):
+            raise RequestError(f"prompt: token ids must be in [0, {self.vocab_size})", param="prompt")
+        if self.mask_token_id in ids:
+            raise RequestError("prompt: the mask token id cannot be part of a prompt", param="prompt")
+        return list(ids)
+
+
+def _stop_strings(stop) -> tuple[str, ...]:
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if len(stops) > MAX_STOP_STRINGS:
+        raise RequestError(f"stop: at most {MAX_STOP_STRINGS} stop strings", param="stop")
+    if any(s == "" for s in stops):
+        raise RequestError("stop: stop strings must not be empty", param="stop")
+    return stops
+
+
+def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model_len: int) -> GenerationParams:
+    if req.n != 1:
+        raise RequestError("n: only n=1 is supported", param="n")
+    if req.top_p is not None and req.top_p != 1.0:
+        raise RequestError("top_p: only 1.0 is supported (diffusion decoding samples whole blocks)", param="top_p")
+    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    if max_tokens < 1:
+        raise RequestError(f"max_tokens: {max_tokens} must be >= 1", param="max_tokens")
+    if max_tokens >= max_model_len:
+        raise RequestError(f"max_tokens: {max_tokens} is beyond the model's context of {max_model_len} tokens",
+                           param="max_tokens", code="context_length_exceeded")
+    if not 1 <= req.block_length <= max_model_len:
+        raise RequestError(f"block_length: {req.block_length} is outside [1, {max_model_len}]", param="block_length")
+    if req.steps < 1:
+        raise RequestError(f"steps: {req.steps} must be >= 1", param="steps")
+    cache = "none" if not req.use_cache else ("dual" if req.use_dual_cache else "prefix")
+    padded = -(-max_tokens // req.block_length) * req.block_length
+    try:
+        return GenerationParams(
+            # more steps than answer tokens would only run forwards that commit nothing
+            steps=min(req.steps, padded), gen_length=max_tokens, block_length=req.block_length,
+            threshold=req.threshold, factor=req.factor, temperature=req.temperature,
+            remasking=req.remasking, cache=cache,
+        )
+    except ValueError as exc:
+        field = str(exc).split(":", 1)[0].split(" ")[0]
+        raise RequestError(str(exc), param=_REQUEST_FIELD.get(field, field)) from None
+
+
+def _check_context(prompt_ids: list[int], params: GenerationParams, max_model_len: int, param: str) -> None:
+    if not prompt_ids:
+        raise RequestError(f"{param}: is empty", param=param)
+    total = len(prompt_ids) + params.padded_gen_length
+    if total > max_model_len:
+        raise RequestError(
+            f"{param}: {len(prompt_ids)} prompt tokens + {params.padded_gen_length} answer tokens exceed "
+            f"the model's context of {max_model_len} tokens", param=param, code="context_length_exceeded")
+
+
+def chat_request(req: ChatCompletionRequest, encoder: PromptEncoder, max_model_len: int) -> EngineRequest:
+    if not req.messages:
+        raise RequestError("messages: must hold at least one message", param="messages")
+    if req.max_tokens is not None and req.max_completion_tokens is not None:
+        raise RequestError("max_tokens: set max_tokens or max_completion_tokens, not both", param="max_tokens")
+    max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
+    params = _generation_params(req, max_tokens, max_model_len)
+    stop = _stop_strings(req.stop)
+    prompt_ids = encoder.chat(req.messages)
+    _check_context(prompt_ids, params, max_model_len, "messages")
+    return EngineRequest(prompt_ids, params, stop)
+
+
+def completion_request(req: CompletionRequest, encoder: PromptEncoder, max_model_len: int) -> EngineRequest:
+    params = _generation_params(req, req.max_tokens, max_model_len)
+    stop = _stop_strings(req.stop)
+    prompt = req.prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        if len(prompt) != 1:
+            raise RequestError("prompt: only one prompt per request is supported", param="prompt")
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        prompt_ids = encoder.text(prompt) if prompt else []
+    else:
+        prompt_ids = encoder.token_ids(prompt)
+    _check_context(prompt_ids, params, max_model_len, "prompt")
+    return EngineRequest(prompt_ids, params, stop)

@@ -1,0 +1,159 @@
+"""OpenAI request and response bodies (the subset we serve), plus the Fast-dLLM extra fields.
+
+Requests are strict: a wrong JSON type is an error, not a coercion ("5" is no integer),
+NaN and infinities are refused, and unknown fields are refused so that a misspelt
+setting cannot be silently ignored. Defaults are the Fast-dLLM seed server's.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class StreamOptions(BaseModel):
+    model_config = _STRICT
+    include_usage: bool = False
+
+
+class FastDLLMFields(BaseModel):
+    """Decoding settings common to both endpoints (OpenAI fields, then Fast-dLLM extras)."""
+
+    model_config = _STRICT
+
+    model: str
+    max_tokens: Optional[int] = Field(None, description="answer tokens; default 128")
+    temperature: float = 0.0
+    stop: Optional[Union[str, list[str]]] = None
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    n: int = Field(1, description="only 1 is supported")
+    top_p: Optional[float] = Field(None, description="accepted for compatibility; only 1.0 is supported")
+    seed: Optional[int] = Field(None, description="accepted for compatibility; decoding uses the engine's seed")
+    user: Optional[str] = None
+    # Fast-dLLM extras
+    use_cache: bool = True
+    use_dual_cache: bool = True
+    threshold: Optional[float] = Field(None, description="commit every position at least this confident")
+    factor: Optional[float] = Field(None, description="Fast-dLLM factor rule")
+    steps: int = 128
+    block_length: int = 32
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+
+
+class CompletionRequest(FastDLLMFields):
+    prompt: Union[str, list[str], list[int]] = Field(
+        description="text, a list holding one text, or token ids"
+    )
+    echo: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = _STRICT
+    role: Literal["system", "user", "assistant"]
+    content: str
+    name: Optional[str] = None
+
+
+class ChatCompletionRequest(FastDLLMFields):
+    messages: list[ChatMessage]
+    max_completion_tokens: Optional[int] = Field(None, description="newer name of max_tokens")
+
+
+# ---- responses ----------------------------------------------------------------------------
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    nfe: Optional[int] = Field(None, description="forward evaluations spent on this request")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Optional[str] = None
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[Usage] = None
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatResponseMessage
+    finish_reason: Optional[str] = None
+    logprobs: None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("chatcmpl"))
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Optional[Usage] = None
+
+
+class ChatDelta(BaseModel):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: Optional[str] = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Optional[Usage] = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "fastdllm-ray"
+    max_model_len: Optional[int] = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = "invalid_request_error"
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
