@@ -51,5 +51,10 @@ class AppConfig(BaseModel):
     max_ongoing_requests: Optional[int] = Field(
         None, ge=1, description="per replica; default: max_num_seqs + max_queue"
     )
+    max_queued_requests: Optional[int] = Field(
+        None, ge=1, description="per replica, held by Serve beyond max_ongoing_requests before 503; default: max_queue"
+    )
     api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys; empty = no auth")
     request_timeout_s: float = Field(600.0, gt=0)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body; more is refused with 413")
+    seed: int = Field(0, description="engine seed for temperature > 0 and random remasking")
