@@ -32,13 +32,15 @@ def test_deployment_file_validates_against_serve_schema(path):
 
 @pytest.mark.parametrize("path", DEPLOYMENT_FILES, ids=lambda p: p.stem)
 def test_builder_builds_the_app_the_file_describes(path):
+    from ray._common.utils import import_attr
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve._private.build_app import build_app as serve_build_app
-
-    from fastdllm_ray.serve.builder import build_app
 
     app_spec = load_serve_config(path)["applications"][0]
     # what `serve run`/`serve deploy` do with import_path + args, short of starting replicas
-    built = serve_build_app(build_app(app_spec["args"]), name=app_spec["name"])
+    builder = import_attr(app_spec["import_path"])
+    app = call_user_app_builder_with_args_if_necessary(builder, app_spec["args"])
+    built = serve_build_app(app, name=app_spec["name"])
     deployments = {d.name: d for d in built.deployments}
     assert set(deployments) == {"OpenAIIngress", "EngineReplica"}
     engine = deployments["EngineReplica"]
