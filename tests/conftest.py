@@ -11,8 +11,9 @@ import torch
 REFDATA = Path(__file__).parent / "fixtures" / "refdata"
 REF_CHECKPOINT = REFDATA / "checkpoint"
 
-# Tests share two cores with each other and with CI neighbours: more threads only contend.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# The test models are tiny: a second intra-op thread gains nothing, and on a busy machine
+# OpenMP threads waiting on each other make a forward 10-100x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
