@@ -45,7 +45,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     num_examples: int = 1_000_000  # the pool batches are drawn from
-    max_minutes: float | None = None  # stop early (and say at which step) past this
+    max_minutes: float | None = None  # fewer steps (printed) when the run would take longer
     log_every: int = 200
 
 
@@ -162,11 +162,17 @@ def train(cfg: TrainConfig, out: Path, device: str) -> LLaDAModel:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            elapsed = time.time() - started
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                print(f"step {step} loss {loss.item():.4f} lr {learning_rate(cfg, step):.2e} {elapsed:.0f}s", flush=True)
-            if cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes:
-                print(f"stopped by --max-minutes after step {step} (of {cfg.steps})", flush=True)
+                print(f"step {step} loss {loss.item():.4f} lr {learning_rate(cfg, step):.2e} "
+                      f"{time.time() - started:.0f}s", flush=True)
+            if step == 50 and cfg.max_minutes is not None:
+                # fit the run into the time given, with the learning-rate schedule intact;
+                # rerunning with --steps set to the printed number reproduces it
+                fitting = int(60 * cfg.max_minutes / ((time.time() - started) / 51))
+                if fitting < cfg.steps:
+                    cfg.steps = max(fitting, 52)
+                    print(f"--max-minutes {cfg.max_minutes}: training for --steps {cfg.steps}", flush=True)
+            if step + 1 >= cfg.steps:
                 break
     model.eval()
     save_checkpoint(model, out, dtype=torch.bfloat16)

@@ -1,0 +1,129 @@
+"""`fastdllm-ray eval`: accuracy, NFE, tokens per forward and tokens/s of each decoding
+configuration on held-out arithmetic chat problems, through the engine here or, with
+--base-url, through a running server's OpenAI API. Prints a table, writes CSV and PNG."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+DEFAULT_SEED = 1234  # training used seed 0; the held-out split is disjoint whatever the seeds
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _names(text: str) -> list[str]:
+    return [v for v in text.split(",") if v]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="accuracy vs speed of decoding configurations",
+                                   description=__doc__)
+    parser.add_argument("--model", help="checkpoint directory or HF hub id (default: the shipped tiny model)")
+    parser.add_argument("--base-url", help="evaluate a running server instead (e.g. http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", default="none", help="bearer key for --base-url")
+    parser.add_argument("--served-model", help="model name to send with --base-url (default: the first listed)")
+    parser.add_argument("--num-problems", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="held-out problem seed")
+    parser.add_argument("--cache", type=_names, default=["none", "prefix", "dual"], help="e.g. none,dual")
+    parser.add_argument("--schedule", type=_names, default=["fixed", "threshold", "factor"],
+                        help="fixed (one token per step), threshold (0.9), factor (1.0)")
+    parser.add_argument("--block-lengths", type=_ints, default=[16, 32, 64])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--batch-size", type=int, default=64, help="live sequences in the engine")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight with --base-url")
+    parser.add_argument("--out-dir", type=Path, default=Path("eval-results"), help="where CSV and PNG go")
+    parser.add_argument("--benchmarks", type=Path, help="also record the table in this BENCHMARKS.md")
+    parser.add_argument("--eager", action="store_true", help="no CUDA graphs or torch.compile on the GPU")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def _runner(args: argparse.Namespace):
+    """(runner, description of what runs it)."""
+    from fastdllm_ray.eval import run_engine, run_server
+
+    if args.base_url:
+        name = args.served_model
+        if name is None:
+            from openai import OpenAI
+
+            client = OpenAI(base_url=args.base_url.rstrip("/") + "/v1", api_key=args.api_key)
+            name = client.models.list().data[0].id
+        runner = partial(_server, run_server, args.base_url, name, args.api_key, args.concurrency)
+        return runner, f"server {args.base_url} (model {name}, {args.concurrency} requests in flight)"
+    import torch
+
+    from fastdllm_ray.model import default_model_path, load_model, load_tokenizer
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    path = args.model or default_model_path()
+    model = load_model(path, device=device, dtype=args.dtype)
+    tokenizer = load_tokenizer(path)
+    what = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    runner = partial(_engine, run_engine, model, tokenizer, args.batch_size, args.eager)
+    return runner, (f"engine on {what}, {str(model.dtype).removeprefix('torch.')}, "
+                    f"batch {args.batch_size}, model {Path(str(path)).name}")
+
+
+def _engine(run_engine, model, tokenizer, batch_size, eager, problems, config, bar):
+    return run_engine(model, tokenizer, problems, config, batch_size=batch_size, progress=bar, eager=eager)
+
+
+def _server(run_server, base_url, name, api_key, concurrency, problems, config, bar):
+    return run_server(base_url, name, problems, config, api_key=api_key, concurrency=concurrency, progress=bar)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastdllm_ray.eval import evaluate, grid, headline
+    from fastdllm_ray.eval import report
+    from fastdllm_ray.train.data import problems as make_problems
+
+    if args.num_problems < 1:
+        raise SystemExit("--num-problems: must be >= 1")
+    try:
+        configs = grid(args.cache, args.schedule, args.block_lengths)
+    except ValueError as exc:
+        raise SystemExit(f"--{exc}") from None
+    problems = make_problems(args.num_problems, args.seed, "eval")
+    runner, what = _runner(args)
+    runner(problems[: min(8, len(problems))], configs[0], None)  # warm-up: first-call costs stay out of the timings
+    results = evaluate(problems, configs, runner, show_progress=not args.no_progress)
+
+    print(report.text_table(results))
+    summary = headline(results)
+    print("\n".join(summary))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    report.write_csv(results, args.out_dir / "eval.csv")
+    title = f"{len(problems)} held-out problems, {what}"
+    try:
+        report.write_plot(results, args.out_dir / "eval.png", title)
+    except ImportError:
+        print("matplotlib is not installed: no plot written", file=sys.stderr)
+    print(f"wrote {args.out_dir / 'eval.csv'} and {args.out_dir / 'eval.png'}")
+    if args.benchmarks:
+        command = "fastdllm-ray eval " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:])
+        body = "\n".join([
+            "## eval: accuracy against speed of the decoding configurations",
+            "",
+            f"`{command}` ({date.today().isoformat()}): {title}; answers of up to 64 tokens; "
+            "tokens/forward counts committed tokens per sequence-forward, tokens/s the answer tokens "
+            "(cut at the end token) per second of wall time.",
+            "",
+            *[f"- {line}" for line in summary],
+            "",
+            report.markdown_table(results),
+        ])
+        report.update_section(args.benchmarks, "eval", body)
+        print(f"recorded in {args.benchmarks}")
+    return 0
