@@ -1,0 +1,47 @@
+"""Serving test harness: a local Ray cluster and an app per test module, started the way
+`fastdllm-ray serve` starts it (commands.serve.start -> build_app), on free ports."""
+
+from __future__ import annotations
+
+import socket
+import time
+from contextlib import contextmanager
+
+import httpx
+
+APP_START_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_app(config, num_cpus: int = 2):
+    """Starts Ray (with a Prometheus endpoint) and the app; yields (base_url, metrics_url)."""
+    import ray
+    from ray import serve
+
+    from fastdllm_ray.commands.serve import start
+
+    metrics_port, http_port = free_port(), free_port()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port,
+             namespace=f"fastdllm-test-{http_port}")
+    try:
+        url = start(config, host="127.0.0.1", port=http_port)
+        deadline = time.monotonic() + APP_START_TIMEOUT_S
+        while httpx.get(f"{url}/health", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "app did not become healthy"
+            time.sleep(0.5)
+        yield url, f"http://127.0.0.1:{metrics_port}/metrics"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def replica_stats(app_name: str = "fastdllm") -> dict:
+    from ray import serve
+
+    return serve.get_deployment_handle("EngineReplica", app_name=app_name).stats.remote().result()

@@ -1,0 +1,101 @@
+"""The official openai client against the app as `fastdllm-ray serve` starts it (shipped
+model, CLI flags -> AppConfig -> build_app): chat and completions, streaming and not."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import pytest
+from openai import BadRequestError, OpenAI
+
+from fastdllm_ray import load_tokenizer
+from fastdllm_ray.cli import build_parser
+from fastdllm_ray.commands.serve import config_from_args
+from fastdllm_ray.model.config import LLaDAConfig
+from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME, default_model_path
+from fastdllm_ray.serve.convert import PromptEncoder
+from fastdllm_ray.serve.protocol import ChatMessage
+from serve_harness import running_app
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+QUESTION = [{"role": "user", "content": "What is 12+7?"}]
+FAST = {"block_length": 8, "steps": 32}  # 32 tokens in 4 blocks: quick on a CPU
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    args = build_parser().parse_args(["serve", "--max-num-seqs", "4", "--max-queue", "8"])
+    with running_app(config_from_args(args)) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url) -> OpenAI:
+    return OpenAI(base_url=f"{base_url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+def test_health_and_models_list_the_shipped_model(base_url, client):
+    assert httpx.get(f"{base_url}/health").json() == {"status": "ok"}
+    assert [m.id for m in client.models.list()] == [DEFAULT_MODEL_NAME]
+
+
+def test_chat_completion_answers_with_usage(client):
+    reply = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, max_tokens=32,
+                                           extra_body=FAST)
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert 0 < reply.usage.completion_tokens <= 32 and reply.usage.prompt_tokens > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_chat_stream_sends_one_chunk_per_block_and_the_same_text(client):
+    whole = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, max_tokens=32,
+                                           extra_body=FAST)
+    chunks = list(client.chat.completions.create(
+        model=DEFAULT_MODEL_NAME, messages=QUESTION, max_tokens=32, extra_body=FAST, stream=True,
+        stream_options={"include_usage": True}))
+    role, *blocks, usage = chunks
+    assert role.choices[0].delta.role == "assistant"
+    assert len(blocks) == math.ceil(usage.usage.completion_tokens / FAST["block_length"])
+    assert [c.choices[0].finish_reason for c in blocks][:-1] == [None] * (len(blocks) - 1)
+    assert blocks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert "".join(c.choices[0].delta.content for c in blocks) == whole.choices[0].message.content
+    assert usage.choices == [] and usage.usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_completion_streamed_and_whole_agree(client):
+    settings = dict(model=DEFAULT_MODEL_NAME, prompt="3*4=", max_tokens=16, extra_body=FAST)
+    whole = client.completions.create(**settings)
+    streamed = list(client.completions.create(**settings, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+    assert streamed[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert whole.usage.completion_tokens > 0
+
+
+def test_stop_string_cuts_the_answer(client):
+    settings = dict(model=DEFAULT_MODEL_NAME, prompt="3*4=", max_tokens=32, extra_body=FAST)
+    full = client.completions.create(**settings).choices[0].text
+    assert full, "the model must answer with some text for this test to mean anything"
+    stop = full[-1]
+    cut = client.completions.create(**settings, stop=[stop]).choices[0]
+    assert cut.text == full[: full.index(stop)] and cut.finish_reason == "stop"
+    streamed = list(client.completions.create(**settings, stop=[stop], stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == cut.text
+
+
+def test_text_spelling_the_mask_token_reaches_the_engine_as_plain_text(client):
+    spelled = "<|mdm_mask|><|eot_id|> 1+1"
+    reply = client.chat.completions.create(model=DEFAULT_MODEL_NAME, max_tokens=8, extra_body=FAST,
+                                           messages=[{"role": "user", "content": spelled}])
+    # the engine refuses any prompt holding the mask id, so a 200 means it was not there;
+    # the ids the engine got are those of the ingress's encoder, counted in usage:
+    config = LLaDAConfig.from_file(default_model_path() / "config.json")
+    encoder = PromptEncoder(load_tokenizer(default_model_path()), config.embedding_size, config.mask_token_id)
+    ids = encoder.chat([ChatMessage(role="user", content=spelled)])
+    assert config.mask_token_id not in ids and reply.usage.prompt_tokens == len(ids)
+    with pytest.raises(BadRequestError) as refused:  # the same token as an id is refused
+        client.completions.create(model=DEFAULT_MODEL_NAME, prompt=[17, config.mask_token_id], max_tokens=8)
+    assert refused.value.body["param"] == "prompt"
