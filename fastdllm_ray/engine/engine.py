@@ -41,6 +41,12 @@ class EngineConfig:
             raise ValueError("max_model_len: must be >= 2")
 
 
+def as_token_ids(values) -> list:
+    """Plain ints from any integer sequence (list, numpy array, tensor); anything else is
+    kept as it is for `Engine.validate` to refuse by name."""
+    return [int(t) if not isinstance(t, bool) and hasattr(t, "__index__") else t for t in values]
+
+
 class Engine:
     def __init__(self, model: LLaDAModel, config: EngineConfig | None = None) -> None:
         self.model = model
@@ -80,7 +86,7 @@ class Engine:
 
     def add_request(self, prompt_ids: list[int], params: GenerationParams, request_id: str | None = None) -> str:
         """Queues a request (thread-safe); raises ValueError or QueueFullError."""
-        prompt_ids = [int(t) if not isinstance(t, bool) and hasattr(t, "__index__") else t for t in prompt_ids]
+        prompt_ids = as_token_ids(prompt_ids)
         self.validate(prompt_ids, params)
         request_id = request_id or f"req-{next(self._ids)}"
         seq = Sequence(request_id, prompt_ids, params)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 
-from fastdllm_ray.engine.engine import Engine, EngineConfig
+from fastdllm_ray.engine.engine import Engine, EngineConfig, as_token_ids
 from fastdllm_ray.engine.outputs import GenerationResult
 from fastdllm_ray.model import LLaDAModel
 from fastdllm_ray.params import GenerationParams
@@ -22,7 +22,7 @@ def generate(
     `params` is one GenerationParams for all prompts or one per prompt. Prompts run as one
     continuous batch of at most `max_batch_size` live sequences.
     """
-    prompts = [list(p) for p in prompts]
+    prompts = [as_token_ids(p) for p in prompts]
     if params is None:
         params = GenerationParams()
     per_prompt = [params] * len(prompts) if isinstance(params, GenerationParams) else list(params)
@@ -30,6 +30,8 @@ def generate(
         raise ValueError(f"params: {len(per_prompt)} given for {len(prompts)} prompts")
     if not prompts:
         return []
+    if not all(isinstance(p, GenerationParams) for p in per_prompt):
+        raise ValueError("params: must be GenerationParams, one for all prompts or one per prompt")
     longest = max(len(p) + q.padded_gen_length for p, q in zip(prompts, per_prompt))
     config = EngineConfig(
         max_num_seqs=max(1, min(max_batch_size, len(prompts))),
@@ -38,8 +40,8 @@ def generate(
         seed=seed,
     )
     engine = Engine(model, config)
-    for i, (prompt, p) in enumerate(zip(prompts, per_prompt)):
-        engine.validate(prompt, p) if len(prompt) + p.padded_gen_length <= config.max_model_len else None
+    for prompt, p in zip(prompts, per_prompt):  # every prompt checked before any runs
+        engine.validate(prompt, p)
     ids = [engine.add_request(prompt, p, request_id=str(i)) for i, (prompt, p) in enumerate(zip(prompts, per_prompt))]
     results: dict[str, GenerationResult] = {}
     while engine.has_unfinished():

@@ -78,3 +78,20 @@ def test_gen_length_not_a_multiple_of_block_length_is_rounded_up_then_cut(ref_mo
     assert len(result.token_ids) == 21
     assert result.token_ids == whole.token_ids[:21]
     assert result.nfe == whole.nfe
+
+
+def test_params_that_are_not_generation_params_are_refused(ref_model):
+    with pytest.raises(ValueError, match="params"):
+        generate(ref_model, [[1, 2]], [{"steps": 8}])
+
+
+def test_prompts_as_arrays_or_tensors_give_the_same_answer(ref_model):
+    import numpy as np
+    import torch
+
+    ids = [1, 2, 3, 4]
+    as_list = generate(ref_model, [ids], PARAMS)[0].token_ids
+    assert generate(ref_model, [np.array(ids)], PARAMS)[0].token_ids == as_list
+    assert generate(ref_model, [torch.tensor(ids)], PARAMS)[0].token_ids == as_list
+    with pytest.raises(ValueError, match="prompt"):
+        generate(ref_model, [[1.0, 2.5]], PARAMS)
