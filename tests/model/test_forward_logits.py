@@ -41,3 +41,22 @@ def test_cached_forward_of_a_slice_matches_the_full_forward(ref_model, reference
     part = ref_model(ids[:, 8:16], part_pos, view=CacheView(cache, slots, part_pos, 24, None))
     assert torch.allclose(full, ref_model(ids), atol=1e-5, rtol=0)
     assert torch.allclose(part[0], full[0, 8:16], atol=1e-5, rtol=0)
+
+
+def test_grouped_query_attention_cached_slice_matches_full_forward():
+    # the refdata model has as many K/V heads as query heads; LLaDA configs may have fewer
+    from fastdllm_ray.model import LLaDAConfig, LLaDAModel
+
+    torch.manual_seed(0)
+    cfg = LLaDAConfig(d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=48, vocab_size=64,
+                      embedding_size=64, max_sequence_length=64, mask_token_id=63)
+    model = LLaDAModel(cfg).eval()
+    ids = torch.randint(0, 63, (2, 20))
+    cache = KVCache(cfg.n_layers, 3, 20, cfg.n_kv_heads, cfg.head_dim, torch.float32, "cpu")
+    slots = torch.tensor([2, 0])  # not contiguous: the gathered read path
+    full_pos = torch.arange(20).expand(2, 20)
+    full = model(ids, full_pos, view=CacheView(cache, slots, full_pos, 20, None))
+    part_pos = torch.arange(4, 12).expand(2, 8)
+    part = model(ids[:, 4:12], part_pos, view=CacheView(cache, slots, part_pos, 20, None))
+    assert torch.allclose(full, model(ids), atol=1e-5, rtol=0)
+    assert torch.allclose(part, full[:, 4:12], atol=1e-5, rtol=0)
