@@ -25,9 +25,7 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device | str,
     ) -> None:
-        # positions before heads: a token's K (or V) is one contiguous row, so writing a step's
-        # tokens is one index_copy_ of rows; attention reads a transposed view
-        shape = (n_layers, num_slots, slot_len + 1, n_kv_heads, head_dim)
+        shape = (n_layers, num_slots, n_kv_heads, slot_len + 1, head_dim)
         # zeros, not empty: padded keys are masked, but NaN garbage would leak through 0 * NaN.
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -39,7 +37,7 @@ class KVCache:
         return self.slot_len
 
     def bytes_per_token(self) -> int:
-        n_layers, _, _, heads, dim = self.k.shape
+        n_layers, _, heads, _, dim = self.k.shape
         return 2 * n_layers * heads * dim * self.k.element_size()
 
 
@@ -62,13 +60,10 @@ class CacheView:
     def write_and_read(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """k, v: [B, T, H, D] for the input tokens; returns [B, H, kv_len, D] keys and values."""
         kc, vc = self.cache.k[layer], self.cache.v[layer]
-        slots, rows, heads, dim = kc.shape
-        flat = (self.slots[:, None] * rows + self.write_pos).reshape(-1)
-        kc.view(slots * rows, heads, dim).index_copy_(0, flat, k.reshape(-1, heads, dim))
-        vc.view(slots * rows, heads, dim).index_copy_(0, flat, v.reshape(-1, heads, dim))
+        index = (self.slots[:, None], slice(None), self.write_pos)
+        kc[index] = k
+        vc[index] = v
         if self.slot_range is not None:
             lo, hi = self.slot_range
-            keys, values = kc[lo:hi, : self.kv_len], vc[lo:hi, : self.kv_len]
-        else:
-            keys, values = kc[self.slots, : self.kv_len], vc[self.slots, : self.kv_len]
-        return keys.transpose(1, 2), values.transpose(1, 2)
+            return kc[lo:hi, :, : self.kv_len], vc[lo:hi, :, : self.kv_len]
+        return kc[self.slots, :, : self.kv_len], vc[self.slots, :, : self.kv_len]
