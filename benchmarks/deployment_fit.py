@@ -13,6 +13,7 @@ largest forward, and CUDA graphs are captured on first use).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("deployment")
     ap.add_argument("--gen", type=int, default=1024, help="answer tokens per request (the rest is prompt)")
     ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--benchmarks-md", default=None, help="replace this script's section of that file")
     args = ap.parse_args()
     sizes = engine_sizes(args.deployment)
     model = random_model(LLADA_8B)
@@ -64,17 +66,37 @@ def main() -> None:
     cache_gib = 2 * sizes["max_num_seqs"] * sizes["max_model_len"] * LLADA_8B.n_layers * LLADA_8B.d_model * 2 / GIB
     rows = [fill_and_run(model, sizes, cache, args.gen) for cache in ("dual", "prefix", "none")]
     lines = [f"`{args.deployment}` on {torch.cuda.get_device_name()} ({total / GIB:.1f} GiB): weights "
-             f"{weight_bytes(model) / GIB:.1f} GiB, K/V cache {cache_gib:.1f} GiB "
+             f"{weight_bytes(model) / GIB:.1f} GiB + the embedding table, K/V cache {cache_gib:.1f} GiB "
              f"({sizes['max_num_seqs']} slots x {sizes['max_model_len']} tokens), every slot busy.", "",
-             "| cache | requests | prompt + answer | peak allocated GiB | peak reserved GiB | headroom GiB | s for 2 blocks |",
+             "| cache | requests | prompt + answer | peak allocated GiB | peak reserved GiB | headroom GiB | s for 2 blocks (first row: + compile) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['cache']} | {r['slots']} | {r['prompt']} + {r['gen']} | {r['peak_alloc_gib']:.1f} | "
                      f"{r['peak_reserved_gib']:.1f} | {total / GIB - r['peak_reserved_gib']:.1f} | {r['seconds']:.1f} |")
+    spare = min(total / GIB - r["peak_reserved_gib"] for r in rows)
+    lines.append("")
+    lines.append(f"Least headroom: {spare:.1f} GiB ({'fits' if spare > 2 else 'does NOT fit'} with room for "
+                 "fragmentation and the CUDA context).")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out_dir:
         Path(args.out_dir, "deployment_fit.md").write_text(text)
+    if args.benchmarks_md:
+        command = "PYTHONPATH=. python3 benchmarks/deployment_fit.py " + " ".join(sys.argv[1:])
+        write_section(Path(args.benchmarks_md), f"Measured with `{command}` (random bf16 weights of the "
+                      "LLaDA-8B shape).\n\n" + text)
+
+
+def write_section(path: Path, text: str, name: str = "deployment-fit") -> None:
+    """Replaces this script's section of BENCHMARKS.md (other sections stay as they are)."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    section = f"{begin}\n## Deployment fit (GPU memory)\n\n{text}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin in old:
+        old = old[:old.index(begin)] + section + old[old.index(end) + len(end):]
+    else:
+        old = old.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(old)
 
 
 if __name__ == "__main__":
