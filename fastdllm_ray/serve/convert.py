@@ -15,6 +15,7 @@ from fastdllm_ray.serve.protocol import ChatCompletionRequest, ChatMessage, Comp
 
 DEFAULT_MAX_TOKENS = 128
 MAX_STOP_STRINGS = 4
+MAX_TEMPERATURE = 2.0  # OpenAI's bound; far beyond it Gumbel noise overflows float64
 # GenerationParams field -> the request field a client set
 _REQUEST_FIELD = {"gen_length": "max_tokens", "cache": "use_cache", "prompt": "prompt"}
 
@@ -91,6 +92,14 @@ class PromptEncoder:
         return list(ids)
 
 
+def _check_text(text: str, param: str) -> None:
+    """JSON can carry lone UTF-16 surrogates ("\\ud800") that no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{param}: is not valid Unicode text (lone surrogate)", param=param) from None
+
+
 def _stop_strings(stop) -> tuple[str, ...]:
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     if len(stops) > MAX_STOP_STRINGS:
@@ -115,6 +124,8 @@ def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model
         raise RequestError(f"block_length: {req.block_length} is outside [1, {max_model_len}]", param="block_length")
     if req.steps < 1:
         raise RequestError(f"steps: {req.steps} must be >= 1", param="steps")
+    if req.temperature > MAX_TEMPERATURE:
+        raise RequestError(f"temperature: {req.temperature} must be <= {MAX_TEMPERATURE}", param="temperature")
     cache = "none" if not req.use_cache else ("dual" if req.use_dual_cache else "prefix")
     padded = -(-max_tokens // req.block_length) * req.block_length
     try:
@@ -144,6 +155,8 @@ def chat_request(req: ChatCompletionRequest, encoder: PromptEncoder, max_model_l
         raise RequestError("messages: must hold at least one message", param="messages")
     if req.max_tokens is not None and req.max_completion_tokens is not None:
         raise RequestError("max_tokens: set max_tokens or max_completion_tokens, not both", param="max_tokens")
+    for i, message in enumerate(req.messages):
+        _check_text(message.content, f"messages.{i}.content")
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
     params = _generation_params(req, max_tokens, max_model_len)
     stop = _stop_strings(req.stop)
@@ -161,6 +174,7 @@ def completion_request(req: CompletionRequest, encoder: PromptEncoder, max_model
             raise RequestError("prompt: only one prompt per request is supported", param="prompt")
         prompt = prompt[0]
     if isinstance(prompt, str):
+        _check_text(prompt, "prompt")
         prompt_ids = encoder.text(prompt) if prompt else []
     else:
         prompt_ids = encoder.token_ids(prompt)

@@ -4,6 +4,7 @@ limit (413) and the optional bearer keys (401), checked before a body is parsed.
 from __future__ import annotations
 
 import hmac
+import logging
 import json
 from typing import Optional
 
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fastdllm_ray.serve.convert import RequestError
 
+KNOWN_ROUTES = {"/health", "/v1/models", "/v1/completions", "/v1/chat/completions"}
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
@@ -46,10 +48,19 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _refused(request: Request, exc: RequestError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.param, exc.code, exc.type, exc.headers)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # still an OpenAI body, without internals; the traceback goes to the replica's log
+        logging.getLogger("ray.serve").exception("unexpected error on %s", request.url.path)
+        return error_response(500, f"internal error ({type(exc).__name__})", type="server_error",
+                              code="internal_error")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return error_response(exc.status_code, str(exc.detail), type=kind, headers=getattr(exc, "headers", None))
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+        return error_response(exc.status_code, str(exc.detail), code=code, type=kind,
+                              headers=getattr(exc, "headers", None))
 
 
 class GuardMiddleware:
@@ -93,7 +104,8 @@ class GuardMiddleware:
             await self.app(scope, receive_limited, send_and_record)
         on_response = self.settings.get("on_response")
         if on_response is not None and "code" in status_seen:
-            on_response(path, status_seen["code"])
+            # unknown paths share one label, so scanners cannot grow the metric without bound
+            on_response(path if path in KNOWN_ROUTES else "other", status_seen["code"])
 
     def _refusal(self, path: str, headers: dict):
         limit = self.settings.get("max_body_bytes")

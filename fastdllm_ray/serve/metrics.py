@@ -28,6 +28,7 @@ so a value shows up on the endpoint ~5-10 s after it is recorded.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from ray.util.metrics import Counter, Gauge, Histogram
@@ -109,7 +110,10 @@ class GaugeSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self._period):
-            self._sample()
+            try:
+                self._sample()
+            except Exception:  # a failed sample must not end sampling for the replica's life
+                logging.getLogger("ray.serve").exception("sampling engine gauges failed")
 
     def stop(self) -> None:
         self._stop.set()

@@ -76,6 +76,7 @@ def test_user_text_spelling_special_tokens_stays_plain_text(encoder, tokenizer):
     ({"block_length": 0}, "block_length"),
     ({"block_length": 10**6}, "block_length"),
     ({"temperature": -0.5}, "temperature"),
+    ({"temperature": 1e300}, "temperature"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"stop": ""}, "stop"),
     ({"n": 2}, "n"),
@@ -91,3 +92,11 @@ def test_out_of_range_settings_are_refused_naming_the_field(encoder, fields, par
 def test_prompt_token_ids_may_not_hold_the_mask_token(encoder):
     with pytest.raises(RequestError, match="mask"):
         completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=[17, 101]), encoder, CONTEXT)
+
+
+def test_lone_surrogates_are_refused_not_crashed_on(encoder):
+    with pytest.raises(RequestError) as refused:
+        chat_request(chat(messages=[{"role": "user", "content": "ok \ud800"}]), encoder, CONTEXT)
+    assert refused.value.param == "messages.0.content"
+    with pytest.raises(RequestError, match="prompt"):
+        completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt="\udfff"), encoder, CONTEXT)
