@@ -135,9 +135,9 @@ def tiny_cpu_app() -> Iterator[RunningApp]:
             yield RunningApp(base_url, f"http://127.0.0.1:{ports['metrics']}/metrics",
                              config["applications"][0]["args"]["model_name"], log)
         finally:
-            # serve run shuts Serve down on SIGINT, as on Ctrl-C; then the head and its daemons
-            for process, first, grace in zip(reversed(processes), (signal.SIGINT, signal.SIGTERM),
-                                             (15, 15)):
-                _end_group(process, first, grace)
+            # `serve run` first (a graceful Serve shutdown is moot: the cluster goes next),
+            # then `ray start --block`, which takes its daemons down with it
+            for process in reversed(processes):
+                _end_group(process, signal.SIGTERM, grace_s=10)
             _kill_stragglers(str(workdir))
             shutil.rmtree(workdir, ignore_errors=True)
