@@ -27,7 +27,6 @@ from fastdllm_ray.serve.config import AppConfig
 from fastdllm_ray.serve.convert import (EngineRequest, PromptEncoder, RequestError, chat_request,
                                         completion_request)
 from fastdllm_ray.serve.errors import GuardMiddleware, install_error_handlers, sse
-from fastdllm_ray.serve.hardening import check_text_fields
 from fastdllm_ray.serve.metrics import IngressMetrics
 from fastdllm_ray.serve.replica import resolve_model, served_model_name
 from fastdllm_ray.serve.text import TextAssembler
@@ -113,7 +112,6 @@ class OpenAIIngress:
 
     @app.post("/v1/completions", response_model=p.CompletionResponse)
     async def completions(self, body: p.CompletionRequest):
-        check_text_fields(body)  # lone surrogates: 400, not a tokenizer crash
         self._check_model(body.model)
         req = completion_request(body, self.encoder, self.max_model_len)
         echo = body.prompt if body.echo and isinstance(body.prompt, str) else ""
@@ -121,7 +119,6 @@ class OpenAIIngress:
 
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse)
     async def chat_completions(self, body: p.ChatCompletionRequest):
-        check_text_fields(body)  # lone surrogates: 400, not a tokenizer crash
         self._check_model(body.model)
         req = chat_request(body, self.encoder, self.max_model_len)
         return await self._respond(req, body, chat=True)
