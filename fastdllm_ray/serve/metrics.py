@@ -21,6 +21,8 @@ SessionName, Version, WorkerId, otel_scope_*). Names as scraped, with our labels
   ray_fastdllm_request_latency_seconds{model,replica}      histogram  arrival -> last block
   ray_fastdllm_http_requests_total{model,route,code}       counter  ingress responses by HTTP status
 
+prometheus_client's text parser names a counter's family without `_total` (family
+`ray_fastdllm_requests`, sample `ray_fastdllm_requests_total`); PromQL uses the sample names.
 The counters and histograms are cumulative per replica process; gauges are sampled from
 the engine every `GAUGE_PERIOD_S`. Ray's agent scrapes its workers every few seconds,
 so a value shows up on the endpoint ~5-10 s after it is recorded.
