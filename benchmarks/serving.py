@@ -16,7 +16,7 @@ import json
 import os
 import platform
 import re
-import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +108,9 @@ def measure(url: str, mode: str, args, stats=None) -> list[Level]:
     asyncio.run(run_level(url, name, 1, 2, settings, mode))  # warm-up: first forwards are slow
     levels = []
     for concurrency in args.concurrency:
-        level = asyncio.run(run_level(url, name, concurrency, max(args.min_requests, concurrency), settings, mode))
+        runs = [asyncio.run(run_level(url, name, concurrency, max(args.min_requests, concurrency), settings, mode))
+                for _ in range(args.repeats)]
+        level = sorted(runs, key=lambda r: r.tokens_per_s)[len(runs) // 2]  # the median run: the host is shared
         if stats is not None:
             level.peak_batch = stats()["max_batch_size"]
         print(f"{mode:8s} c={concurrency:3d}: {level.ok}/{level.requests} ok, {level.req_per_s:.2f} req/s, "
@@ -148,8 +150,10 @@ def table(levels: list[Level], args, command: str) -> str:
         f"{'the shipped tiny model' if not args.model else args.model}; each request: streamed completion, "
         f"max_tokens {args.max_tokens}, block_length {args.block_length}, steps {args.steps}"
         f"{f', threshold {args.threshold}' if args.threshold is not None else ''}, dual cache. "
-        "batched = engine max_num_seqs 16, single = 1 (requests wait their turn). "
-        f"Load average when the run began: {args.load_at_start:.1f} (the machine is shared: expect noise).",
+        "batched = engine max_num_seqs 16, single = 1 (requests wait their turn); tokens = completion "
+        "tokens (cut at the end token). "
+        f"Each row: the median of {args.repeats} runs by throughput. Load average when the run began: "
+        f"{args.load_at_start:.1f} on 2 cores (the machine is shared with other work: expect noise).",
         "",
         "| engine | concurrency | requests | req/s | tokens/s | latency p50 (s) | latency p95 (s) "
         "| first block p50 (s) | peak batch |",
@@ -185,6 +189,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16,64", type=lambda s: [int(c) for c in s.split(",")])
     ap.add_argument("--modes", default="batched,single", type=lambda s: s.split(","))
     ap.add_argument("--min-requests", type=int, default=8, help="requests per level, at least")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per level; the median one is reported")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--block-length", type=int, default=8)
     ap.add_argument("--steps", type=int, default=32)
@@ -195,8 +200,7 @@ def main() -> None:
     args = ap.parse_args()
     args.load_at_start = os.getloadavg()[0]
     levels = measure(args.base_url.rstrip("/"), "external", args) if args.base_url else measure_local(args)
-    command = "PYTHONPATH=. .venv/bin/python benchmarks/serving.py" + (f" --base-url {args.base_url}"
-                                                                      if args.base_url else "")
+    command = "PYTHONPATH=. .venv/bin/python benchmarks/serving.py " + " ".join(sys.argv[1:])
     text = table(levels, args, command)
     print(text)
     if args.out:
