@@ -85,11 +85,17 @@ class EngineReplica:
             self.metrics.observe_refusal("invalid")
             yield {"status": "invalid", "message": str(exc)}
             return
-        yield {"status": "accepted"}
-        async for out in stream:
-            if out.result is not None:
-                self.metrics.observe_result(out.result)
-            yield out
+        finished = False
+        try:
+            yield {"status": "accepted"}
+            async for out in stream:
+                if out.result is not None:
+                    self.metrics.observe_result(out.result)
+                finished = out.finished
+                yield out
+        finally:
+            if not finished:  # cancelled, perhaps before the stream was first awaited
+                self.engine.abort(request_id)
 
     def stats(self) -> dict:
         """Engine counters for tests, benchmarks and debugging (the metrics carry the same)."""
