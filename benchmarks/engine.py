@@ -112,6 +112,9 @@ def markdown(runs: list[Run], command: str, head_scale: float, load: str) -> str
         "one timed run per row after a warm-up.",
         f"Command: `{command}`",
         "",
+        *([f"**The machine was busy** (load average {load} on {os.cpu_count()} cores, other work running): "
+           "every figure is inflated and noisy, ratios between rows included; rerun on a quiet machine.", ""]
+          if os.getloadavg()[0] > (os.cpu_count() or 1) else []),
         "tokens/s counts answer tokens of all requests over wall time; NFE is forwards per request; "
         "ms/forward is wall time over the engine's batched forwards (a batch-8 forward serves 8 rows). "
         "Random weights make every masked position of a block alike, so threshold 0.9 commits a whole "
