@@ -68,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     ray.init(address=args.address, num_cpus=args.num_cpus if not args.address else None)
-    url = start(config, args.host, args.port)
-    auth = " (bearer key required)" if config.api_keys else ""
-    print(f"serving {served_model_name(config)!r} at {url}/v1{auth}; Ctrl-C stops", flush=True)
-    try:
+    try:  # Ctrl-C may come while the app is still deploying: it stops that too
+        url = start(config, args.host, args.port)
+        auth = " (bearer key required)" if config.api_keys else ""
+        print(f"serving {served_model_name(config)!r} at {url}/v1{auth}; Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

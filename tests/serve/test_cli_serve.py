@@ -41,6 +41,9 @@ def test_cli_serve_answers_the_openai_client_and_stops_on_ctrl_c(tmp_path):
                 pass
             time.sleep(1)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        while "Ctrl-C stops" not in (tmp_path / "serve.log").read_text():  # deployed: the banner is out
+            assert time.monotonic() < deadline, "the server did not say it was serving"
+            time.sleep(0.5)
         reply = client.chat.completions.create(model=DEFAULT_MODEL_NAME, max_tokens=16,
                                                messages=[{"role": "user", "content": "What is 2+2?"}])
         assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens > 0
