@@ -37,14 +37,25 @@ def confidence_of(logits: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
 
 
 def predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator | None = None,
-            confidence_fn=confidence_of):
-    """x0 [B, n] and float64 confidence [B, n] from logits [B, n, V]."""
+            confidence_fn=confidence_of, mask_id: int | None = None):
+    """x0 [B, n] and float64 confidence [B, n] from logits [B, n, V].
+
+    With `mask_id`, the mask token is never predicted: a committed mask would stay masked
+    and its block would never complete (the reference loops or fails there). Its logit is
+    left out of the argmax only; the confidence is the softmax over all logits, as before.
+    """
+    saved = None
+    if mask_id is not None:
+        saved = logits[..., mask_id].clone()
+        logits[..., mask_id] = float("-inf")
     x0 = logits.argmax(dim=-1)
     if rules.any_sampling:
         temp = rules.temperature[:, None, None]
         noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
         noisy = logits.double().exp() / (-torch.log(noise)) ** temp
         x0 = torch.where(rules.temperature[:, None] > 0, noisy.argmax(dim=-1), x0)
+    if saved is not None:
+        logits[..., mask_id] = saved
     confidence = confidence_fn(logits, x0)
     if rules.any_random:
         ranks = torch.rand(x0.shape, dtype=torch.float64, device=x0.device, generator=generator)

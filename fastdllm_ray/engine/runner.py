@@ -127,7 +127,7 @@ class ModelRunner:
         else:
             logits = self.model(tokens, positions, view=view, logits_index=logits_index)
 
-        x0, confidence = predict(logits, rules, self.generator, self.confidence_fn)
+        x0, confidence = predict(logits, rules, self.generator, self.confidence_fn, self.mask_id)
         chosen = select_transfer(confidence, masked, rules)
         updated = torch.where(chosen, x0, current)
         self.canvas[slots[:, None], block_pos] = updated
