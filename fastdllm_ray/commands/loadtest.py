@@ -37,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stop-timeout", type=int, default=60,
                         help="seconds the requests in flight at the end of --run-time get to finish")
     parser.add_argument("--benchmarks", type=Path, help="also write the `loadtest` section of this BENCHMARKS.md")
+    parser.add_argument("--note", default="", help="a line for that section: how the server was started")
     parser.set_defaults(func=run)
 
 
@@ -62,11 +63,14 @@ def markdown(summary: dict, args: argparse.Namespace, command: str) -> str:
         return "-" if value is None else f"{value:.0f}"
 
     refusals = summary["refused"]
+    load = os.getloadavg()[0]  # the client shares the machine with the server: say how busy it was
     return "\n".join([
         "## Load test (locust, headless)",
         "",
         f"`{command}` against `{args.base_url}`; {args.users} concurrent clients, scenario mix "
-        f"`{Path(args.scenarios).name}` (loadtest/README.md says how to read the report).",
+        f"`{Path(args.scenarios).name}` (loadtest/README.md says how to read the report). "
+        f"Machine: {os.cpu_count()} CPUs, 1-minute load average {load:.1f} at the end of the run.",
+        *([f"Server: {args.note}"] if args.note else []),
         "",
         "| duration s | answers | RPS | p50 ms | p95 ms | TTFC p50 ms | TTFC p95 ms | tokens/s | failed | refused |",
         "|---|---|---|---|---|---|---|---|---|---|",
