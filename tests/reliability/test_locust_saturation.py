@@ -64,3 +64,14 @@ def test_the_replica_was_saturated(locust_run):
     assert stats["max_batch_size"] == SLOTS  # every slot was live at once
     assert stats["running"] == 0 and stats["waiting"] == 0  # nothing left behind after the run
     assert stats["finished"].get("error", 0) == 0
+
+
+def test_request_count_mode_stops_after_that_many_answers(base_url, locust_run, tmp_path):
+    # after the timed run (the module's app is idle again): --requests instead of --run-time
+    cmd = [sys.executable, "-m", "fastdllm_ray.cli", "loadtest", "--base-url", base_url, "--users", "4",
+           "--requests", "12", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["accepted_ok"] + summary["failed"] + summary["refused"] == 12
+    assert summary["failed"] == 0 and (tmp_path / "report.html").exists()
