@@ -101,6 +101,9 @@ def cpu_name() -> str:
 
 
 def markdown(runs: list[Run], command: str, head_scale: float, load: str) -> str:
+    after = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    # our own threads add about torch.get_num_threads() to the load during the run
+    busy = float(load.split(" / ")[0]) > 1.0 or os.getloadavg()[0] > torch.get_num_threads() + 1.0
     lines = [
         f"CPU micro-benchmark of the engine (`benchmarks/engine.py`): random LLaDA, {SMALL.n_layers} layers, "
         f"d_model {SMALL.d_model}, {SMALL.n_heads} heads, MLP {SMALL.mlp_hidden_size}, vocab {SMALL.vocab_size}, "
@@ -108,13 +111,13 @@ def markdown(runs: list[Run], command: str, head_scale: float, load: str) -> str
         "",
         f"Machine: {cpu_name()}, `nproc` = {os.cpu_count()}, "
         f"torch {torch.__version__}, torch.set_num_threads({torch.get_num_threads()}), "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average before the run {load}; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average (1/5/15 min) before the run "
+        f"{load} and after it {after}; "
         "one timed run per row after a warm-up.",
         f"Command: `{command}`",
         "",
-        *([f"**The machine was busy** (load average {load} on {os.cpu_count()} cores, other work running): "
-           "every figure is inflated and noisy, ratios between rows included; rerun on a quiet machine.", ""]
-          if os.getloadavg()[0] > (os.cpu_count() or 1) else []),
+        *(["**Other work was running on the machine** (see the load averages): figures are inflated "
+           "and noisy, ratios between rows included.", ""] if busy else []),
         "tokens/s counts answer tokens of all requests over wall time; NFE is forwards per request; "
         "ms/forward is wall time over the engine's batched forwards (a batch-8 forward serves 8 rows). "
         "Random weights make every masked position of a block alike, so threshold 0.9 commits a whole "
