@@ -59,7 +59,7 @@ class Engine:
         self.stats = EngineStats()
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self._aborts: set[str] = set()
+        self._aborts: list[Sequence] = []
         self._sequences: dict[str, Sequence] = {}
 
     @property
@@ -100,7 +100,9 @@ class Engine:
     def abort(self, request_id: str) -> None:
         """Removes a request at the next step (thread-safe); its cache slot is freed."""
         with self._lock:
-            self._aborts.add(request_id)
+            seq = self._sequences.get(request_id)
+            if seq is not None:  # the sequence itself: a later request reusing the id is not hit
+                self._aborts.append(seq)
 
     def has_unfinished(self) -> bool:
         with self._lock:
@@ -118,9 +120,8 @@ class Engine:
         """One engine iteration; returns the blocks that became final."""
         outputs: list[BlockOutput] = []
         with self._lock:
-            for request_id in self._aborts:
-                seq = self._sequences.get(request_id)
-                if seq is not None:
+            for seq in self._aborts:
+                if not seq.finished:
                     outputs.append(self._finish(seq, "cancelled"))
             self._aborts.clear()
             for seq in self.scheduler.admit():

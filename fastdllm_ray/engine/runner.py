@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastdllm_ray.decoding import RULE_FACTOR, RULE_FIXED, RULE_THRESHOLD, StepRules
+from fastdllm_ray.decoding import RULE_FACTOR, RULE_FIXED, RULE_THRESHOLD, StepRules, num_to_commit
 from fastdllm_ray.decoding import predict, select_transfer
 from fastdllm_ray.decoding.select import confidence_of
 from fastdllm_ray.engine.cuda_graphs import GraphedForward
@@ -76,10 +76,9 @@ class ModelRunner:
             p = s.params
             start = 0 if kind is ForwardKind.FULL else s.block_start
             end = s.block_start + block_length if kind is ForwardKind.DUAL else s.total_len
-            base, extra = divmod(block_length, p.steps_per_block)
             rule = RULE_THRESHOLD if p.threshold is not None else RULE_FACTOR if p.factor is not None else RULE_FIXED
             ints.append((start, end, s.block_start, s.total_len, s.slot, rule,
-                         base + (1 if s.step < extra else 0), p.remasking == "random"))
+                         num_to_commit(s.step, block_length, p.steps_per_block), p.remasking == "random"))
             floats.append((p.threshold or 1.0, p.factor or 1.0, p.temperature))
             width, computed = max(width, end - start), computed + end - start
         start_t, end_t, block_start, total, slots, rule_t, fixed, rand = self._tensor(ints).unbind(1)

@@ -32,8 +32,7 @@ def committed(confidence, masked, step_rules) -> list[list[int]]:
     (8, 3, [3, 3, 2]), (8, 8, [1] * 8), (8, 1, [8]), (32, 5, [7, 7, 6, 6, 6]), (4, 6, [1, 1, 1, 1, 0, 0])])
 def test_fixed_schedule_splits_the_block_evenly_first_steps_one_more(block_length, steps, expected):
     assert fixed_commit_counts(block_length, steps) == expected
-    per_step = [num_to_commit(torch.tensor([s]), torch.tensor([block_length]), torch.tensor([steps])).item()
-                for s in range(steps)]
+    per_step = [num_to_commit(s, block_length, steps) for s in range(steps)]
     assert per_step == expected
 
 

@@ -140,3 +140,18 @@ def test_sampling_is_reproducible_for_a_seed(ref_model, reference):
     first = generate(ref_model, prompt, params, seed=3)[0].token_ids
     assert generate(ref_model, prompt, params, seed=3)[0].token_ids == first
     assert generate(ref_model, prompt, params, seed=4)[0].token_ids != first
+
+
+def test_abort_hits_only_the_request_it_named_not_a_later_one_with_its_id(ref_model, reference):
+    engine = Engine(ref_model, EngineConfig(max_num_seqs=2))
+    first, second = prompts(reference, 2)
+    engine.add_request(first, PARAMS, request_id="x")
+    engine.step()
+    engine.abort("x")
+    cancelled = [out for out in engine.step() if out.finished]
+    assert [out.result.finish_reason for out in cancelled] == ["cancelled"]
+    engine.abort("x")  # already gone: a no-op
+    engine.add_request(second, PARAMS, request_id="x")
+    results = run_to_end(engine)
+    assert results["x"].finish_reason == "length"
+    assert results["x"].token_ids == generate(ref_model, [second], PARAMS)[0].token_ids
