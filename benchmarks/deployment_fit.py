@@ -22,6 +22,7 @@ import yaml
 
 from benchmarks.gpu import LLADA_8B, random_model, weight_bytes
 from fastdllm_ray import Engine, EngineConfig, GenerationParams
+from fastdllm_ray.markdown_sections import update_section
 
 GIB = 2**30
 
@@ -83,20 +84,9 @@ def main() -> None:
         Path(args.out_dir, "deployment_fit.md").write_text(text)
     if args.benchmarks_md:
         command = "PYTHONPATH=. python3 benchmarks/deployment_fit.py " + " ".join(sys.argv[1:])
-        write_section(Path(args.benchmarks_md), f"Measured with `{command}` (random bf16 weights of the "
-                      "LLaDA-8B shape).\n\n" + text)
-
-
-def write_section(path: Path, text: str, name: str = "deployment-fit") -> None:
-    """Replaces this script's section of BENCHMARKS.md (other sections stay as they are)."""
-    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    section = f"{begin}\n## Deployment fit (GPU memory)\n\n{text}\n{end}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in old:
-        old = old[:old.index(begin)] + section + old[old.index(end) + len(end):]
-    else:
-        old = old.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(old)
+        update_section(Path(args.benchmarks_md), "deployment-fit",
+                       f"## Deployment fit (GPU memory)\n\nMeasured with `{command}` (random bf16 weights of "
+                       "the LLaDA-8B shape).\n\n" + text)
 
 
 if __name__ == "__main__":

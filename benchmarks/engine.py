@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from fastdllm_ray import GenerationParams, generate  # noqa: E402
+from fastdllm_ray.markdown_sections import update_section  # noqa: E402
 from fastdllm_ray.model import LLaDAConfig, LLaDAModel  # noqa: E402
 
 SMALL = LLaDAConfig(d_model=256, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=688, vocab_size=2048,
@@ -136,16 +136,6 @@ def markdown(runs: list[Run], command: str, head_scale: float, load: str) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replaces this benchmark's section of a shared BENCHMARKS.md, leaving the others alone."""
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    block = f"{begin}\n## Engine on CPU (small random model)\n\n{text}{end}\n"
-    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
-    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + block
-    path.write_text(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", default=DEFAULT_CONFIGS,
@@ -173,7 +163,7 @@ def main() -> None:
     text = markdown(runs, command, args.head_scale, load)
     print(text)
     if args.out:
-        write_section(args.out, text)
+        update_section(args.out, SECTION, "## Engine on CPU (small random model)\n\n" + text)
 
 
 if __name__ == "__main__":

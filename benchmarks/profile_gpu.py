@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.gpu import LLADA_8B, random_model

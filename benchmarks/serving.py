@@ -15,13 +15,14 @@ import asyncio
 import json
 import os
 import platform
-import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from fastdllm_ray.markdown_sections import update_section
 
 SECTION = "serving"
 MODES = {"batched": 16, "single": 1}  # mode -> engine max_num_seqs
@@ -171,16 +172,6 @@ def table(levels: list[Level], args, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replaces this benchmark's section of the shared BENCHMARKS.md, leaving the others alone."""
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    block = f"{begin}\n## Serving over HTTP (CPU)\n\n{text}{end}\n"
-    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
-    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + block
-    path.write_text(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base-url", help="a running server (default: start one per engine mode)")
@@ -204,7 +195,7 @@ def main() -> None:
     text = table(levels, args, command)
     print(text)
     if args.out:
-        write_section(args.out, text)
+        update_section(args.out, SECTION, "## Serving over HTTP (CPU)\n\n" + text)
 
 
 if __name__ == "__main__":

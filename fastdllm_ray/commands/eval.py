@@ -87,6 +87,7 @@ def _server(run_server, base_url, name, api_key, concurrency, problems, config, 
 def run(args: argparse.Namespace) -> int:
     from fastdllm_ray.eval import evaluate, grid, headline
     from fastdllm_ray.eval import report
+    from fastdllm_ray.markdown_sections import update_section
     from fastdllm_ray.train.data import problems as make_problems
 
     if args.num_problems < 1:
@@ -124,6 +125,6 @@ def run(args: argparse.Namespace) -> int:
             "",
             report.markdown_table(results),
         ])
-        report.update_section(args.benchmarks, "eval", body)
+        update_section(args.benchmarks, "eval", body)
         print(f"recorded in {args.benchmarks}")
     return 0

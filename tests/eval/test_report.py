@@ -9,6 +9,7 @@ import pytest
 
 from fastdllm_ray.eval import ConfigResult, DecodingConfig, extract_answer, grid, headline
 from fastdllm_ray.eval import report
+from fastdllm_ray.markdown_sections import update_section
 
 
 @pytest.mark.parametrize("text, value", [
@@ -63,8 +64,8 @@ def test_csv_and_plot_are_written(tmp_path):
 def test_benchmarks_section_replaces_only_itself(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\n<!-- BEGIN other -->\nkeep me\n<!-- END other -->\n")
-    report.update_section(path, "eval", "first")
-    report.update_section(path, "eval", report.markdown_table(_results()))
+    update_section(path, "eval", "first")
+    update_section(path, "eval", report.markdown_table(_results()))
     text = path.read_text()
     assert "keep me" in text and "first" not in text
     assert text.count("<!-- BEGIN eval -->") == 1
