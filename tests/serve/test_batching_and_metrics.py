@@ -96,7 +96,9 @@ def test_prometheus_endpoint_serves_the_metrics_with_moved_values(app, served):
         samples = scrape(metrics_url)
         done = (total(samples, "ray_fastdllm_requests_total", status="stop")
                 + total(samples, "ray_fastdllm_requests_total", status="length"))
-        if done >= answered and total(samples, "ray_fastdllm_peak_batch_size") > 1:
+        answered_http = total(samples, "ray_fastdllm_http_requests_total", route="/v1/completions", code="200")
+        # the ingress and the replica export from different processes, each on its own clock
+        if done >= answered and answered_http >= answered and total(samples, "ray_fastdllm_peak_batch_size") > 1:
             break
         time.sleep(2)
     model = {"model": DEFAULT_MODEL_NAME}
