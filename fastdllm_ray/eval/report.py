@@ -1,5 +1,5 @@
-"""An evaluation's outputs: a text table, a CSV, a PNG of accuracy against NFE, and the
-`eval` section of BENCHMARKS.md (between its BEGIN/END markers, other sections untouched)."""
+"""An evaluation's outputs: a text table, a Markdown table (for BENCHMARKS.md), a CSV and a
+PNG of accuracy against NFE."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def multiply_add(rng: random.Random) -> Problem:
 
 
 def list_extreme(rng: random.Random) -> Problem:
-    numbers = rng.sample(range(100), rng.randint(3, 6))
+    numbers = rng.sample(range(100), rng.randint(3, 5))
     largest = rng.random() < 0.5
     word, value = ("largest", max(numbers)) if largest else ("smallest", min(numbers))
     q = f"What is the {word} number in {', '.join(map(str, numbers))}?"
@@ -110,7 +110,7 @@ def list_count(rng: random.Random) -> Problem:
 
 def letter_count(rng: random.Random) -> Problem:
     letters = rng.sample("abcdefgh", 3)
-    word = "".join(rng.choice(letters) for _ in range(rng.randint(3, 9)))
+    word = "".join(rng.choice(letters) for _ in range(rng.randint(3, 6)))
     letter = rng.choice(letters)
     n = word.count(letter)
     q = f"How many times does the letter {letter} appear in {word}?"

@@ -47,6 +47,7 @@ class TrainConfig:
     num_examples: int = 1_000_000  # the pool batches are drawn from
     max_minutes: float | None = None  # fewer steps (printed) when the run would take longer
     log_every: int = 200
+    compile: int = 1  # torch.compile the forward on the GPU
 
 
 def model_config() -> LLaDAConfig:
@@ -121,7 +122,7 @@ def train_forward(model: LLaDAModel, tokens: torch.Tensor, valid: torch.Tensor) 
 
 
 def llada_loss(model: LLaDAModel, tokens: torch.Tensor, prompt_lens: torch.Tensor,
-               generator: torch.Generator) -> torch.Tensor:
+               generator: torch.Generator, forward=train_forward) -> torch.Tensor:
     B, T = tokens.shape
     index = torch.arange(T, device=tokens.device)[None, :]
     in_answer = (index >= prompt_lens[:, None]) & (index < prompt_lens[:, None] + ANSWER_LENGTH)
@@ -129,9 +130,10 @@ def llada_loss(model: LLaDAModel, tokens: torch.Tensor, prompt_lens: torch.Tenso
     t = (1 - eps) * torch.rand(B, 1, device=tokens.device, generator=generator) + eps
     masked = in_answer & (torch.rand(B, T, device=tokens.device, generator=generator) < t)
     noisy = torch.where(masked, model.config.mask_token_id, tokens)
-    logits = train_forward(model, noisy, index < prompt_lens[:, None] + ANSWER_LENGTH)
-    ce = F.cross_entropy(logits[masked].float(), tokens[masked], reduction="none")
-    return (ce / t.expand(B, T)[masked]).sum() / (B * ANSWER_LENGTH)
+    logits = forward(model, noisy, index < prompt_lens[:, None] + ANSWER_LENGTH)
+    # every position's loss, kept where masked: static shapes (no boolean indexing) compile well
+    ce = F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="none").view(B, T)
+    return (ce * masked / t).sum() / (B * ANSWER_LENGTH)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -143,6 +145,9 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 def train(cfg: TrainConfig, out: Path, device: str) -> LLaDAModel:
     model = init_model(model_config(), cfg.seed).to(device)
+    forward = train_forward
+    if cfg.compile and device.startswith("cuda"):
+        forward = torch.compile(train_forward)  # fuses the norms, RoPE and SwiGLU
     if cfg.steps:
         started = time.time()
         tokens, prompt_lens = encode(data.problems(cfg.num_examples, cfg.seed, "train"))
@@ -157,7 +162,14 @@ def train(cfg: TrainConfig, out: Path, device: str) -> LLaDAModel:
                 group["lr"] = learning_rate(cfg, step)
             batch = torch.randint(0, tokens.shape[0], (cfg.batch_size,), device=device, generator=generator)
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
-                loss = llada_loss(model, tokens[batch], prompt_lens[batch], generator)
+                try:
+                    loss = llada_loss(model, tokens[batch], prompt_lens[batch], generator, forward)
+                except Exception as exc:  # a compiler failure costs speed, not the run
+                    if step or forward is train_forward:
+                        raise
+                    print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
+                    forward = train_forward
+                    loss = llada_loss(model, tokens[batch], prompt_lens[batch], generator, forward)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -165,13 +177,18 @@ def train(cfg: TrainConfig, out: Path, device: str) -> LLaDAModel:
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 print(f"step {step} loss {loss.item():.4f} lr {learning_rate(cfg, step):.2e} "
                       f"{time.time() - started:.0f}s", flush=True)
-            if step == 50 and cfg.max_minutes is not None:
+            if step == 20:
+                torch.cuda.synchronize() if device.startswith("cuda") else None
+                warm = time.time()  # compilation and warm-up are behind us
+            if step == 70 and cfg.max_minutes is not None:
                 # fit the run into the time given, with the learning-rate schedule intact;
                 # rerunning with --steps set to the printed number reproduces it
-                fitting = int(60 * cfg.max_minutes / ((time.time() - started) / 51))
+                per_step = (time.time() - warm) / 50
+                fitting = step + 1 + int((60 * cfg.max_minutes - (time.time() - started)) / per_step)
                 if fitting < cfg.steps:
-                    cfg.steps = max(fitting, 52)
-                    print(f"--max-minutes {cfg.max_minutes}: training for --steps {cfg.steps}", flush=True)
+                    cfg.steps = max(fitting, step + 2)
+                    print(f"--max-minutes {cfg.max_minutes}: training for --steps {cfg.steps} "
+                          f"({1000 * per_step:.0f} ms a step)", flush=True)
             if step + 1 >= cfg.steps:
                 break
     model.eval()

@@ -16,7 +16,7 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(default_model_path()))
 
 
-@pytest.mark.parametrize("text", ["What is 23+58?", "  two  spaces\nand\ttab-free ~`{}|\\ \"quotes\"", "0 + 0 = 0."])
+@pytest.mark.parametrize("text", ["What is 23+58?", "  two  spaces\nand ~`{}|\\ \"quotes\"", "0 + 0 = 0."])
 def test_text_round_trips_exactly(tokenizer, text):
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert len(ids) == len(text)  # one token per character
