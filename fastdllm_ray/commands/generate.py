@@ -13,7 +13,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("prompt", help="the user message (or plain text with --raw)")
     parser.add_argument("--model", help="checkpoint directory or HF hub id (default: the shipped tiny model)")
     parser.add_argument("--raw", action="store_true", help="no chat template: complete the text as given")
-    parser.add_argument("--max-tokens", "--gen-length", type=int, default=128, dest="max_tokens")
+    parser.add_argument("--max-tokens", "--gen-length", type=int, dest="max_tokens",
+                        help="answer tokens (default: the model's generation_config max_new_tokens, else 128)")
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--block-length", type=int, default=32)
     rule = parser.add_mutually_exclusive_group()
@@ -38,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
         from fastdllm_ray.model.shipped import default_model_path
 
         path = str(default_model_path())
+    if args.max_tokens is None:
+        from fastdllm_ray.model.checkpoint import generation_config, resolve_checkpoint
+
+        args.max_tokens = int(generation_config(resolve_checkpoint(path)).get("max_new_tokens", 128))
     try:
         padded = -(-args.max_tokens // args.block_length) * args.block_length if args.block_length > 0 else 0
         params = GenerationParams(steps=min(args.steps, max(padded, 1)), gen_length=args.max_tokens,

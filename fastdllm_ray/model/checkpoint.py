@@ -39,11 +39,15 @@ def resolve_checkpoint(path_or_id: str | Path) -> Path:
         ) from exc
 
 
+def generation_config(directory: Path) -> dict:
+    """The checkpoint's generation_config.json ({} without one): its end tokens and, where a
+    model wants other defaults than the server's (a short answer length), max_new_tokens."""
+    path = Path(directory) / "generation_config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _end_tokens_from_generation_config(directory: Path) -> tuple[int, ...]:
-    gen = directory / "generation_config.json"
-    if not gen.exists():
-        return ()
-    eos = json.loads(gen.read_text()).get("eos_token_id")
+    eos = generation_config(directory).get("eos_token_id")
     if eos is None:
         return ()
     return tuple(eos) if isinstance(eos, list) else (eos,)
@@ -162,5 +166,13 @@ def save_checkpoint(
 def load_tokenizer(path_or_id: str | Path):
     """The checkpoint's tokenizer (with its chat template) through transformers."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    return AutoTokenizer.from_pretrained(str(resolve_checkpoint(path_or_id)))
+    # transformers reads config.json on the way and warns that it knows no model type "llada":
+    # true, and irrelevant to the tokenizer
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(resolve_checkpoint(path_or_id)))
+    finally:
+        hf_logging.set_verbosity(level)

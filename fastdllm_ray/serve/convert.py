@@ -109,12 +109,13 @@ def _stop_strings(stop) -> tuple[str, ...]:
     return stops
 
 
-def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model_len: int) -> GenerationParams:
+def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model_len: int,
+                       default_max_tokens: int = DEFAULT_MAX_TOKENS) -> GenerationParams:
     if req.n != 1:
         raise RequestError("n: only n=1 is supported", param="n")
     if req.top_p is not None and req.top_p != 1.0:
         raise RequestError("top_p: only 1.0 is supported (diffusion decoding samples whole blocks)", param="top_p")
-    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    max_tokens = default_max_tokens if max_tokens is None else max_tokens
     if max_tokens < 1:
         raise RequestError(f"max_tokens: {max_tokens} must be >= 1", param="max_tokens")
     if max_tokens >= max_model_len:
@@ -150,7 +151,8 @@ def _check_context(prompt_ids: list[int], params: GenerationParams, max_model_le
             f"the model's context of {max_model_len} tokens", param=param, code="context_length_exceeded")
 
 
-def chat_request(req: ChatCompletionRequest, encoder: PromptEncoder, max_model_len: int) -> EngineRequest:
+def chat_request(req: ChatCompletionRequest, encoder: PromptEncoder, max_model_len: int,
+                 default_max_tokens: int = DEFAULT_MAX_TOKENS) -> EngineRequest:
     if not req.messages:
         raise RequestError("messages: must hold at least one message", param="messages")
     if req.max_tokens is not None and req.max_completion_tokens is not None:
@@ -158,15 +160,16 @@ def chat_request(req: ChatCompletionRequest, encoder: PromptEncoder, max_model_l
     for i, message in enumerate(req.messages):
         _check_text(message.content, f"messages.{i}.content")
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
-    params = _generation_params(req, max_tokens, max_model_len)
+    params = _generation_params(req, max_tokens, max_model_len, default_max_tokens)
     stop = _stop_strings(req.stop)
     prompt_ids = encoder.chat(req.messages)
     _check_context(prompt_ids, params, max_model_len, "messages")
     return EngineRequest(prompt_ids, params, stop)
 
 
-def completion_request(req: CompletionRequest, encoder: PromptEncoder, max_model_len: int) -> EngineRequest:
-    params = _generation_params(req, req.max_tokens, max_model_len)
+def completion_request(req: CompletionRequest, encoder: PromptEncoder, max_model_len: int,
+                       default_max_tokens: int = DEFAULT_MAX_TOKENS) -> EngineRequest:
+    params = _generation_params(req, req.max_tokens, max_model_len, default_max_tokens)
     stop = _stop_strings(req.stop)
     prompt = req.prompt
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):

@@ -20,12 +20,12 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from fastdllm_ray.model import load_tokenizer
-from fastdllm_ray.model.checkpoint import resolve_checkpoint
+from fastdllm_ray.model.checkpoint import generation_config, resolve_checkpoint
 from fastdllm_ray.model.config import LLaDAConfig
 from fastdllm_ray.serve import protocol as p
 from fastdllm_ray.serve.config import AppConfig
-from fastdllm_ray.serve.convert import (EngineRequest, PromptEncoder, RequestError, chat_request,
-                                        completion_request)
+from fastdllm_ray.serve.convert import (DEFAULT_MAX_TOKENS, EngineRequest, PromptEncoder, RequestError,
+                                        chat_request, completion_request)
 from fastdllm_ray.serve.errors import GuardMiddleware, install_error_handlers, sse
 from fastdllm_ray.serve.metrics import IngressMetrics
 from fastdllm_ray.serve.replica import resolve_model, served_model_name
@@ -95,6 +95,9 @@ class OpenAIIngress:
         self.model_name = served_model_name(self.config)
         self.max_model_len = min(self.config.engine.max_model_len or model_config.max_sequence_length,
                                  model_config.max_sequence_length)
+        # a model may ask for another default answer length than the server's 128 (the shipped
+        # one was trained on 64-token answers)
+        self.default_max_tokens = int(generation_config(checkpoint).get("max_new_tokens", DEFAULT_MAX_TOKENS))
         self.tokenizer = load_tokenizer(checkpoint)
         self.encoder = PromptEncoder(self.tokenizer, model_config.embedding_size, model_config.mask_token_id)
         self.metrics = IngressMetrics(self.model_name)
@@ -113,14 +116,14 @@ class OpenAIIngress:
     @app.post("/v1/completions", response_model=p.CompletionResponse)
     async def completions(self, body: p.CompletionRequest):
         self._check_model(body.model)
-        req = completion_request(body, self.encoder, self.max_model_len)
+        req = completion_request(body, self.encoder, self.max_model_len, self.default_max_tokens)
         echo = body.prompt if body.echo and isinstance(body.prompt, str) else ""
         return await self._respond(req, body, chat=False, echo=echo)
 
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse)
     async def chat_completions(self, body: p.ChatCompletionRequest):
         self._check_model(body.model)
-        req = chat_request(body, self.encoder, self.max_model_len)
+        req = chat_request(body, self.encoder, self.max_model_len, self.default_max_tokens)
         return await self._respond(req, body, chat=True)
 
     # ---- plumbing -------------------------------------------------------------------------

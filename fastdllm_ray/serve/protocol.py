@@ -27,7 +27,8 @@ class FastDLLMFields(BaseModel):
     model_config = _STRICT
 
     model: str
-    max_tokens: Optional[int] = Field(None, description="answer tokens; default 128")
+    max_tokens: Optional[int] = Field(
+        None, description="answer tokens; default: the model's generation_config max_new_tokens, else 128")
     temperature: float = 0.0
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False

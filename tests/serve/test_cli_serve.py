@@ -44,9 +44,10 @@ def test_cli_serve_answers_the_openai_client_and_stops_on_ctrl_c(tmp_path):
         while "Ctrl-C stops" not in (tmp_path / "serve.log").read_text():  # deployed: the banner is out
             assert time.monotonic() < deadline, "the server did not say it was serving"
             time.sleep(0.5)
-        reply = client.chat.completions.create(model=DEFAULT_MODEL_NAME, max_tokens=16,
+        reply = client.chat.completions.create(model=DEFAULT_MODEL_NAME,  # the server's defaults
                                                messages=[{"role": "user", "content": "What is 2+2?"}])
-        assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens > 0
+        assert reply.choices[0].message.content.strip() == "2 + 2 = 4. The answer is 4."  # the trained model
+        assert reply.choices[0].finish_reason == "stop"
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -36,6 +36,16 @@ def test_defaults_are_the_seed_servers(encoder):
     assert (params.temperature, params.cache, params.threshold, params.factor) == (0.0, "dual", None, None)
 
 
+def test_a_model_may_set_its_own_default_answer_length(encoder):
+    from fastdllm_ray.model.checkpoint import generation_config
+
+    shipped = generation_config(default_model_path())["max_new_tokens"]
+    assert shipped == 64  # the shipped model was trained on 64-token answers
+    params = chat_request(chat(), encoder, CONTEXT, default_max_tokens=shipped).params
+    assert (params.gen_length, params.steps) == (64, 64)
+    assert chat_request(chat(max_tokens=100), encoder, CONTEXT, default_max_tokens=shipped).params.gen_length == 100
+
+
 @pytest.mark.parametrize("use_cache, use_dual_cache, cache", [
     (False, True, "none"), (False, False, "none"), (True, False, "prefix"), (True, True, "dual")])
 def test_cache_flags_map_to_one_cache_mode(encoder, use_cache, use_dual_cache, cache):
