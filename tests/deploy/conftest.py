@@ -23,6 +23,7 @@ from typing import Iterator
 import httpx
 import pytest
 import yaml
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -35,12 +36,6 @@ class RunningApp:
     metrics_url: str
     model_name: str
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for(predicate, deadline: float, processes: list[subprocess.Popen], log: Path) -> None:

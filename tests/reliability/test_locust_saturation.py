@@ -31,7 +31,7 @@ def base_url():
 def locust_run(base_url, tmp_path_factory):
     out = tmp_path_factory.mktemp("loadtest")
     cmd = [sys.executable, "-m", "fastdllm_ray.cli", "loadtest", "--base-url", base_url, "--users", str(USERS),
-           "--run-time", "60s", "--stop-timeout", "30", "--out", str(out)]
+           "--run-time", "61s", "--stop-timeout", "30", "--out", str(out)]
     # locust (gevent) must not be imported into this process: it runs as a child
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
     return done, out

@@ -3,19 +3,13 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from contextlib import contextmanager
 
 import httpx
+from tests.net import free_port
 
 APP_START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

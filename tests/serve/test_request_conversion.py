@@ -9,7 +9,7 @@ from fastdllm_ray import load_tokenizer
 from fastdllm_ray.model.config import LLaDAConfig
 from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME, default_model_path
 from fastdllm_ray.serve.convert import PromptEncoder, RequestError, chat_request, completion_request
-from fastdllm_ray.serve.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+from fastdllm_ray.serve.protocol import ChatCompletionRequest, CompletionRequest
 
 CONTEXT = 512
 
