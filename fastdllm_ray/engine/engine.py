@@ -62,10 +62,6 @@ class Engine:
         self._aborts: list[Sequence] = []
         self._sequences: dict[str, Sequence] = {}
 
-    @property
-    def max_cached_tokens(self) -> int:
-        return self.config.max_num_seqs * self.max_model_len
-
     def validate(self, prompt_ids: list[int], params: GenerationParams) -> None:
         """Raises ValueError naming the field when this model cannot run the request."""
         if not isinstance(params, GenerationParams):

@@ -114,7 +114,6 @@ def load_model(
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
     model.end_token_ids = config.end_token_ids + _tokenizer_end_ids(directory)
-    model.name_or_path = str(path_or_id)
     return model
 
 

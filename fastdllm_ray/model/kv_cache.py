@@ -36,10 +36,6 @@ class KVCache:
     def scratch_position(self) -> int:
         return self.slot_len
 
-    def bytes_per_token(self) -> int:
-        n_layers, _, heads, _, dim = self.k.shape
-        return 2 * n_layers * heads * dim * self.k.element_size()
-
 
 @dataclass
 class CacheView:
