@@ -135,6 +135,7 @@ def run_config(model, floors, cache, batch, prompt, gen, variant="compiled", blo
 
 def agreement(model_dirs: list[str], dtype=torch.bfloat16) -> list[tuple[str, int, int]]:
     """Tokens equal between float32 on the CPU and `dtype` on the GPU, per checkpoint."""
+    from benchmarks.precision import token_agreement
     from fastdllm_ray import generate, load_model
     from fastdllm_ray.model import load_tokenizer
 
@@ -143,13 +144,7 @@ def agreement(model_dirs: list[str], dtype=torch.bfloat16) -> list[tuple[str, in
         cpu = load_model(directory, device="cpu", dtype=torch.float32)
         gpu = load_model(directory, device="cuda", dtype=dtype)
         prompts, params = _agreement_cases(directory, cpu, load_tokenizer)
-        ref = generate(cpu, prompts, params)
-        out = generate(gpu, prompts, params)
-        same = total = 0
-        for a, b in zip(ref, out):
-            n = max(len(a.token_ids), len(b.token_ids))
-            same += sum(x == y for x, y in zip(a.token_ids, b.token_ids))
-            total += n
+        same, total = token_agreement(generate(cpu, prompts, params), generate(gpu, prompts, params))
         rows.append((directory, same, total))
     return rows
 
