@@ -8,7 +8,8 @@ and the 2-replica/1-replica throughput ratio (issue 7 item 5 asks >= 1.8x on 2 G
 
 CPU validation (the shipped tiny model; a 2-core machine cannot show scaling):
 
-    PYTHONPATH=. .venv/bin/python benchmarks/scaleout.py --device cpu --num-cpus 3 --out BENCHMARKS.md
+    PYTHONPATH=. .venv/bin/python benchmarks/scaleout.py --device cpu --num-cpus 3 --requests 64 --concurrency 8 \
+      --out BENCHMARKS.md
 
 GPU run (device tool, kind nvidia-h200-x2; the GPU image lacks Ray, so first build the bundle
 here with `../shared/tools/device-bundle`, which writes the git-ignored .devbundle/site.tar.xz,
