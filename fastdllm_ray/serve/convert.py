@@ -20,6 +20,12 @@ MAX_TEMPERATURE = 2.0  # OpenAI's bound; far beyond it Gumbel noise overflows fl
 _REQUEST_FIELD = {"gen_length": "max_tokens", "cache": "use_cache", "prompt": "prompt"}
 
 
+def error_body(message: str, param: Optional[str] = None, code: Optional[str] = None,
+               type: str = "invalid_request_error") -> dict:
+    """OpenAI's error shape, for a response body or an error event in a stream."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
 class RequestError(Exception):
     """A request the server refuses; becomes an OpenAI error body with this HTTP status."""
 
@@ -29,6 +35,9 @@ class RequestError(Exception):
         super().__init__(message)
         self.message, self.param, self.code = message, param, code
         self.status, self.type, self.headers = status, type, headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, self.param, self.code, self.type)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fastdllm_ray.serve.convert import RequestError
+from fastdllm_ray.serve.convert import RequestError, error_body
 
 KNOWN_ROUTES = {"/health", "/v1/models", "/v1/completions", "/v1/chat/completions"}
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
@@ -21,8 +21,7 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 def error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
                    type: str = "invalid_request_error", headers: Optional[dict] = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(message, param, code, type), status_code=status, headers=headers)
 
 
 def _param_of(loc: tuple) -> Optional[str]:

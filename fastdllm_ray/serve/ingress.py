@@ -210,7 +210,7 @@ class OpenAIIngress:
             if include_usage:
                 yield sse({**head, "choices": [], "usage": answer.usage().model_dump()})
         except RequestError as exc:
-            yield sse({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}})
+            yield sse(exc.body())
         finally:
             if not answer.engine_done:  # the client left, a stop string or a timeout
                 stream.cancel()
