@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastdllm_ray.model import rope_write
 from fastdllm_ray.model.config import LLaDAConfig
 from fastdllm_ray.model.kv_cache import CacheView
 
@@ -69,6 +70,11 @@ def attention_inputs(x, norm_w, eps: float, qkv_weights: tuple, sin, cos, n_head
     return apply_rope(q, sin, cos), apply_rope(k, sin, cos), v
 
 
+def normed_projection(x, norm_w, eps: float, weight):
+    """RMSNorm then one (fused) projection: the fused path's q/k/v before RoPE."""
+    return F.linear(rms_norm(x, norm_w, eps), weight)
+
+
 def attention_out_and_mlp(x, attn, w_out, norm_w, eps: float, gate_up_weights: tuple, w_down):
     """Residual attention output, then the residual SwiGLU MLP."""
     x = x + F.linear(attn, w_out)
@@ -80,6 +86,7 @@ def attention_out_and_mlp(x, attn, w_out, norm_w, eps: float, gate_up_weights: t
 class _EagerOps:
     attention_inputs = staticmethod(attention_inputs)
     attention_out_and_mlp = staticmethod(attention_out_and_mlp)
+    normed_projection = None  # set when RoPE and the cache write run as one kernel (rope_write)
 
 
 class LLaDABlock(nn.Module):
@@ -116,16 +123,24 @@ class LLaDABlock(nn.Module):
                 offset += rows
             setattr(self, attr, (fused,))
 
-    def forward(self, x, sin, cos, view: CacheView | None, key_mask, layer: int) -> torch.Tensor:
+    def forward(self, x, sin, cos, view: CacheView | None, key_mask, layer: int, rows=None) -> torch.Tensor:
+        """rows: the view's flat_rows(), computed once per forward by the model."""
         cfg = self.cfg
         B, T, _ = x.shape
         qkv = self.fused_qkv or (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
-        q, k, v = self.ops.attention_inputs(
-            x, self.attn_norm.weight, cfg.rms_norm_eps, qkv, sin, cos, cfg.n_heads, cfg.n_kv_heads)
-        if view is None:
-            keys, values = k.transpose(1, 2), v.transpose(1, 2)
+        if view is not None and self.ops.normed_projection is not None and self.fused_qkv:
+            qkv_out = self.ops.normed_projection(x, self.attn_norm.weight, cfg.rms_norm_eps, self.fused_qkv[0])
+            q = rope_write.rope_and_write(qkv_out, sin, cos, *view.cache.rows(layer), rows, cfg.n_heads,
+                                          cfg.n_kv_heads)
+            keys, values = view.read(layer)
         else:
-            keys, values = view.write_and_read(layer, k, v)
+            q, k, v = self.ops.attention_inputs(
+                x, self.attn_norm.weight, cfg.rms_norm_eps, qkv, sin, cos, cfg.n_heads, cfg.n_kv_heads)
+            if view is None:
+                keys, values = k.transpose(1, 2), v.transpose(1, 2)
+            else:
+                view.write(layer, rows, k, v)
+                keys, values = view.read(layer)
         if cfg.n_kv_heads != cfg.n_heads:
             repeat = cfg.n_heads // cfg.n_kv_heads
             keys = keys.repeat_interleave(repeat, dim=1)
@@ -157,12 +172,16 @@ class LLaDAModel(nn.Module):
 
         One compiled function serves every layer (weights are arguments), so it compiles once
         per input shape family; used on CUDA, where those ops cost more than the matmuls'
-        own memory traffic at small batch.
+        own memory traffic at small batch. Where Triton runs, cached forwards apply RoPE and
+        write the cache in one kernel (model/rope_write.py).
         """
+
+        fused_rope = rope_write.usable(self.config, self.device)
 
         class _CompiledOps:
             attention_inputs = staticmethod(torch.compile(attention_inputs, dynamic=True))
             attention_out_and_mlp = staticmethod(torch.compile(attention_out_and_mlp, dynamic=True))
+            normed_projection = staticmethod(torch.compile(normed_projection, dynamic=True)) if fused_rope else None
 
         for block in self.transformer["blocks"]:
             block.ops = _CompiledOps if enabled else _EagerOps
@@ -205,9 +224,10 @@ class LLaDAModel(nn.Module):
         else:
             key_mask = None
         sin, cos = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+        rows = None if view is None else view.flat_rows()
         x = self.transformer["wte"](tokens)
         for layer, block in enumerate(self.transformer["blocks"]):
-            x = block(x, sin, cos, view, key_mask, layer)
+            x = block(x, sin, cos, view, key_mask, layer, rows)
         if logits_index is not None:
             x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
         return self.head(self.transformer["ln_f"](x))
