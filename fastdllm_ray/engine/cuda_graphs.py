@@ -1,71 +1,58 @@
-"""CUDA graphs for the model forward: one graph per input shape, replayed every step.
+"""CUDA graphs for engine steps: one graph per step shape, replayed every step.
 
 At batch 1 a block step of LLaDA-8B is ~5 ms of GPU work but ~30 ms of Python and kernel
-launches in eager mode; replaying a captured graph removes the launches. A graph is keyed
-by everything that shapes it (kind, batch, query width, attended length, slots); its
-inputs are static buffers that each call copies into before the replay.
+launches in eager mode; replaying a captured graph removes the launches, and capturing the
+whole step (input indices, forward, decoding, canvas update) leaves the host one copy in,
+one replay and one copy out. A graph is keyed by everything that shapes it; its input is
+a static buffer that each call copies into before the replay.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable, Hashable
 
 import torch
 
-from fastdllm_ray.model import CacheView, LLaDAModel
-
 
 class _Graph:
-    def __init__(self, model, tokens, positions, view: CacheView, logits_index, pool) -> None:
-        self.tokens, self.positions = tokens.clone(), positions.clone()
-        self.logits_index = None if logits_index is None else logits_index.clone()
-        self.view = CacheView(view.cache, view.slots.clone(), view.write_pos.clone(), view.kv_len,
-                              None if view.key_mask is None else view.key_mask.clone(), view.slot_range)
+    def __init__(self, fn: Callable, inputs: torch.Tensor, state: list[torch.Tensor], pool) -> None:
+        self.inputs = inputs.clone()
+        # the warm-up runs the step for real; the replay that follows must find the state
+        # (the token canvas) as it was, or it would decode the step twice
+        saved = [t.clone() for t in state]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up outside capture (also writes the real K/V)
-            self.run_eager(model)
+        with torch.cuda.stream(stream):  # warm-up outside capture (compiles, allocates)
+            fn(self.inputs)
         torch.cuda.current_stream().wait_stream(stream)
+        for t, copy in zip(state, saved):
+            t.copy_(copy)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):
-            self.output = self.run_eager(model)
+            self.output = fn(self.inputs)
 
-    def run_eager(self, model):
-        return model(self.tokens, self.positions, view=self.view, logits_index=self.logits_index)
-
-    def replay(self, tokens, positions, view: CacheView, logits_index) -> torch.Tensor:
-        self.tokens.copy_(tokens)
-        self.positions.copy_(positions)
-        self.view.slots.copy_(view.slots)
-        self.view.write_pos.copy_(view.write_pos)
-        if view.key_mask is not None:
-            self.view.key_mask.copy_(view.key_mask)
-        if logits_index is not None:
-            self.logits_index.copy_(logits_index)
+    def replay(self, inputs: torch.Tensor):
+        self.inputs.copy_(inputs)
         self.graph.replay()
         return self.output
 
 
-class GraphedForward:
-    """Calls model(...) through cached CUDA graphs; eager for shapes past `max_graphs` tokens."""
+class StepGraphs:
+    """Runs fn(inputs) through a graph captured for `key`; keeps the `max_graphs` latest."""
 
-    def __init__(self, model: LLaDAModel, max_graphs: int = 64, max_tokens: int = 8192) -> None:
-        self.model = model
+    def __init__(self, state: list[torch.Tensor], max_graphs: int = 64) -> None:
+        self.state = state
         self.max_graphs = max_graphs
-        self.max_tokens = max_tokens  # big full forwards are compute-bound: launches don't matter
-        self.graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self.graphs: OrderedDict[Hashable, _Graph] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
 
-    def __call__(self, kind: str, tokens, positions, view: CacheView, logits_index) -> torch.Tensor:
-        if tokens.numel() > self.max_tokens:
-            return self.model(tokens, positions, view=view, logits_index=logits_index)
-        key = (kind, tuple(tokens.shape), view.kv_len, view.slot_range, view.key_mask is None,
-               None if logits_index is None else tuple(logits_index.shape))
+    def __call__(self, key: Hashable, fn: Callable, inputs: torch.Tensor):
         graph = self.graphs.get(key)
         if graph is None:
             if len(self.graphs) >= self.max_graphs:
                 self.graphs.popitem(last=False)
-            graph = self.graphs[key] = _Graph(self.model, tokens, positions, view, logits_index, self.pool)
+            graph = self.graphs[key] = _Graph(fn, inputs, self.state, self.pool)
         else:
             self.graphs.move_to_end(key)
-        return graph.replay(tokens, positions, view, logits_index)
+        return graph.replay(inputs)
