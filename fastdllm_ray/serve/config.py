@@ -18,6 +18,8 @@ class EngineSettings(BaseModel):
     max_num_seqs: int = Field(16, ge=1, description="live sequences per replica (K/V cache slots)")
     max_model_len: Optional[int] = Field(None, ge=2, description="prompt + answer tokens per sequence")
     max_queue: int = Field(64, ge=1, description="waiting requests per replica before 503")
+    warm_up: bool = Field(True, description="decode a few short requests at replica start, so the first "
+                          "real ones do not pay for compilation and CUDA graph capture")
 
 
 class AutoscalingSettings(BaseModel):

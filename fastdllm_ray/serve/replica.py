@@ -59,6 +59,7 @@ class EngineReplica:
         engine = Engine(model, EngineConfig(max_num_seqs=settings.max_num_seqs,
                                             max_model_len=settings.max_model_len,
                                             max_queue=settings.max_queue, seed=self.config.seed))
+        warm_s = engine.warm_up() if settings.warm_up else 0.0
         self.engine = AsyncEngine(engine)
         try:
             replica = serve.get_replica_context().replica_id.unique_id
@@ -66,8 +67,8 @@ class EngineReplica:
             replica = f"local-{os.getpid()}"
         self.metrics = ReplicaMetrics(served_model_name(self.config), replica)
         self._sampler = GaugeSampler(self._sample_gauges)
-        logger.info("engine replica %s: %s on %s, %d slots x %d tokens", replica, resolve_model(self.config),
-                    device, settings.max_num_seqs, engine.max_model_len)
+        logger.info("engine replica %s: %s on %s, %d slots x %d tokens, warm-up %.1f s", replica,
+                    resolve_model(self.config), device, settings.max_num_seqs, engine.max_model_len, warm_s)
 
     def _sample_gauges(self) -> None:
         engine = self.engine.engine

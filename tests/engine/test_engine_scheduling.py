@@ -155,3 +155,25 @@ def test_abort_hits_only_the_request_it_named_not_a_later_one_with_its_id(ref_mo
     results = run_to_end(engine)
     assert results["x"].finish_reason == "length"
     assert results["x"].token_ids == generate(ref_model, [second], PARAMS)[0].token_ids
+
+
+@pytest.mark.parametrize("max_num_seqs", [1, 4])
+def test_warm_up_leaves_no_trace(ref_model, reference, max_num_seqs):
+    config = EngineConfig(max_num_seqs=max_num_seqs, max_model_len=64, seed=5)
+    params = GenerationParams(steps=8, gen_length=16, block_length=8, cache="dual", stop_at_eos=False,
+                              temperature=0.5)
+    cold = Engine(ref_model, config)
+    warm = Engine(ref_model, config)
+    assert warm.warm_up(block_length=8) > 0
+    assert not warm.has_unfinished() and warm.num_running == 0
+    assert warm.stats.rows == 0 and not warm.stats.forwards and not warm.stats.finished
+    for engine in (cold, warm):
+        for p in prompts(reference, 3):
+            engine.add_request(p, params, request_id=f"r{len(p)}")
+    cold_results, warm_results = run_to_end(cold), run_to_end(warm)
+    # same tokens: the warm-up drew nothing from the generator and left the canvas clean
+    assert {k: r.token_ids for k, r in warm_results.items()} == {k: r.token_ids for k, r in cold_results.items()}
+    assert warm.stats.rows == cold.stats.rows > 0
+    warm.add_request(prompts(reference, 1)[0], params)
+    with pytest.raises(RuntimeError, match="warm_up"):
+        warm.warm_up()
