@@ -92,7 +92,7 @@ class Run:
     complete: bool
 
 
-VARIANTS = {"eager": (False, False), "graphs": (True, False), "compiled": (True, True)}
+VARIANTS = {"eager": (False, False), "graphs": (True, False), "compiled": (True, True), "nographs": (False, True)}
 
 
 def run_config(model, floors, cache, batch, prompt, gen, variant="compiled", block=32, budget_s=25.0) -> Run:
@@ -133,6 +133,31 @@ def run_config(model, floors, cache, batch, prompt, gen, variant="compiled", blo
                complete)
 
 
+def staggered(model, requests: int, variant: str, max_num_seqs: int = 16, block: int = 32) -> dict:
+    """Unaligned traffic: prompts of 64-256 tokens, answers of 64/128/256 tokens decoded in 20, 24,
+    28 or 32 steps per block (dual cache), through `max_num_seqs` slots: sequences start and end
+    blocks at different steps, so batch shapes keep changing: what CUDA graphs cost when shapes churn."""
+    graphs, compiled = VARIANTS[variant]
+    model.compile_blocks(compiled)
+    engine = Engine(model, EngineConfig(max_num_seqs=max_num_seqs, max_model_len=256 + 256, max_queue=requests,
+                                        cuda_graphs=graphs, compile_blocks=compiled))
+    gen_ = torch.Generator().manual_seed(2)
+    for i in range(requests):
+        prompt = int(torch.randint(64, 257, (1,), generator=gen_))
+        gen, per_block = (64, 128, 256)[i % 3], (32, 24, 20, 28)[i % 4]
+        engine.add_request(torch.randint(0, 120000, (prompt,), generator=gen_).tolist(),
+                           GenerationParams(steps=per_block * gen // block, gen_length=gen, block_length=block, cache="dual",
+                                            stop_at_eos=False))
+    start, steps = time.perf_counter(), 0
+    while engine.has_unfinished():
+        engine.step()
+        steps += 1
+    elapsed = time.perf_counter() - start
+    captures = engine.runner.graphs.captures if engine.runner.graphs is not None else 0
+    return {"variant": variant, "requests": requests, "tokens_per_s": engine.stats.committed_tokens / elapsed,
+            "seconds": elapsed, "engine_steps": steps, "graph_captures": captures}
+
+
 def agreement(model_dirs: list[str], dtype=torch.bfloat16) -> list[tuple[str, int, int]]:
     """Tokens equal between float32 on the CPU and `dtype` on the GPU, per checkpoint."""
     from benchmarks.precision import token_agreement
@@ -168,7 +193,7 @@ def _agreement_cases(directory, model, load_tokenizer):
     return [p for p in prompts for _ in settings], [q for _ in prompts for q in settings]
 
 
-def markdown(runs: list[Run], floors: dict, device: str, command: str, agree) -> str:
+def markdown(runs: list[Run], floors: dict, device: str, command: str, agree, churn=()) -> str:
     lines = [f"Device: {device}; measured copy bandwidth {floors['bandwidth'] / 1e12:.2f} TB/s (read+write), "
              f"bf16 matmul {floors['flops'] / 1e12:.0f} TFLOP/s. LLaDA-8B shape, random bf16 weights, "
              "block 32, one token per step (steps = gen), stop_at_eos off. Floor = max(bytes / bandwidth, "
@@ -186,6 +211,12 @@ def markdown(runs: list[Run], floors: dict, device: str, command: str, agree) ->
                      f"{'' if r.complete else '*'} | {r.peak_gib:.1f} |")
     lines += ["", "`*`: stopped at a block boundary after the time budget; tokens/s is over the blocks run.",
               "For `none`, the step columns show the full forward (every step is one)."]
+    if churn:
+        lines += ["", f"Unaligned traffic (`staggered`: {churn[0]['requests']} requests, prompts 64-256, answers "
+                  "64/128/256 in 20-32 steps per block, dual cache, 16 slots; `nographs` = compiled blocks without CUDA graphs):", "",
+                  "| variant | tokens/s | seconds | engine steps | graph captures |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {c['variant']} | {c['tokens_per_s']:.1f} | {c['seconds']:.1f} | {c['engine_steps']} | "
+                  f"{c['graph_captures']} |" for c in churn]
     if agree:
         lines += ["", "bf16 on the GPU vs float32 on the CPU, same settings (tokens equal / tokens):", ""]
         lines += [f"- `{d}`: {same}/{total} = {100 * same / max(total, 1):.1f}%" for d, same, total in agree]
@@ -223,6 +254,8 @@ def main() -> None:
                     "dual:1:512:1024,prefix:1:512:1024,none:1:512:1024,dual:8:512:1024,prefix:8:512:1024")
     ap.add_argument("--budget", type=float, default=25.0, help="seconds per configuration at most")
     ap.add_argument("--agreement", default="tests/fixtures/refdata/checkpoint,fastdllm_ray/assets/tiny-llada-arith")
+    ap.add_argument("--staggered", type=int, default=0,
+                    help="also run N requests of unaligned traffic with and without CUDA graphs")
     ap.add_argument("--out-dir", default=None, help="write gpu.md (a BENCHMARKS.md section) and a PNG here")
     args = ap.parse_args()
     floors = measure_floors()
@@ -238,11 +271,18 @@ def main() -> None:
         runs.append(run)
         print(json.dumps(run.__dict__), flush=True)
         torch.cuda.empty_cache()
+    churn = []
+    if args.staggered:
+        for variant in ("compiled", "compiled", "nographs"):  # the first pass compiles; the second is timed
+            churn.append(staggered(model, args.staggered, variant))
+            print(json.dumps(churn[-1]), flush=True)
+        churn = churn[1:]
     del model
     torch.cuda.empty_cache()
     agree = agreement([d for d in args.agreement.split(",") if d and Path(d, "config.json").exists()])
     command = "PYTHONPATH=. python3 benchmarks/gpu.py" + (f" --budget {args.budget:g}" if args.budget != 25 else "")
-    text = markdown(runs, floors, device, command, agree)
+    command += f" --staggered {args.staggered}" if args.staggered else ""
+    text = markdown(runs, floors, device, command, agree, churn)
     print(text)
     if args.out_dir:
         Path(args.out_dir, "gpu.md").write_text(text)

@@ -46,6 +46,7 @@ class StepGraphs:
         self.max_graphs = max_graphs
         self.graphs: OrderedDict[Hashable, _Graph] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
+        self.captures = 0  # graphs captured so far (shape churn shows here)
 
     def __call__(self, key: Hashable, fn: Callable, inputs: torch.Tensor):
         graph = self.graphs.get(key)
@@ -53,6 +54,7 @@ class StepGraphs:
             if len(self.graphs) >= self.max_graphs:
                 self.graphs.popitem(last=False)
             graph = self.graphs[key] = _Graph(fn, inputs, self.state, self.pool)
+            self.captures += 1
         else:
             self.graphs.move_to_end(key)
         return graph.replay(inputs)
