@@ -33,6 +33,7 @@ class _Graph:
             self.output = fn(self.inputs)
 
     def replay(self, inputs: torch.Tensor):
+        """fn's output as captured (tensors of the graph's memory, refilled by this replay)."""
         self.inputs.copy_(inputs)
         self.graph.replay()
         return self.output

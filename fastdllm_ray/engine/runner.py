@@ -133,9 +133,9 @@ class ModelRunner:
         tokens = self.canvas[slots[:, None], positions.clamp(min=0)]
         return _StepInputs(tokens, positions, view, rules, logits_index, block_start[:, None] + block_offsets)
 
-    def _forward(self, shape: StepShape, packed: torch.Tensor) -> torch.Tensor:
+    def _forward(self, shape: StepShape, packed: torch.Tensor) -> tuple[_StepInputs, torch.Tensor]:
         inputs = self._inputs(shape, packed)
-        return self.model(inputs.tokens, inputs.positions, view=inputs.view, logits_index=inputs.logits_index)
+        return inputs, self.model(inputs.tokens, inputs.positions, view=inputs.view, logits_index=inputs.logits_index)
 
     def _decode(self, inputs: _StepInputs, logits: torch.Tensor) -> torch.Tensor:
         """Commits this step's tokens into the canvas; [B, block + 2]: block, remaining, committed."""
@@ -150,9 +150,7 @@ class ModelRunner:
         return torch.cat([updated, remaining, chosen.sum(dim=1, keepdim=True)], dim=1)
 
     def _whole_step(self, shape: StepShape, packed: torch.Tensor) -> torch.Tensor:
-        inputs = self._inputs(shape, packed)
-        logits = self.model(inputs.tokens, inputs.positions, view=inputs.view, logits_index=inputs.logits_index)
-        return self._decode(inputs, logits)
+        return self._decode(*self._forward(shape, packed))
 
     @torch.inference_mode()
     def step(self, kind: ForwardKind, block_length: int, seqs: list[Sequence]):
@@ -164,9 +162,8 @@ class ModelRunner:
             result = self._whole_step(shape, packed)
         elif not shape.uses_generator:  # forward and decoding in one graph
             result = graphs(("step", shape), lambda p: self._whole_step(shape, p), packed)
-        else:  # the generator's draws stay outside the graph
-            logits = graphs(("forward", shape), lambda p: self._forward(shape, p), packed)
-            result = self._decode(self._inputs(shape, packed), logits)
+        else:  # the generator's draws stay outside the graph; it hands back its inputs and logits
+            result = self._decode(*graphs(("forward", shape), lambda p: self._forward(shape, p), packed))
         packed_rows = result.tolist()  # the one host sync
         outcomes = [RowOutcome(row[:block_length], row[block_length], row[block_length + 1]) for row in packed_rows]
         stats = ForwardStats(len(seqs), computed, sum(s.total_len for s in seqs))

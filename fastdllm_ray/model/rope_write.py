@@ -84,5 +84,4 @@ def rope_and_write(qkv: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, k_ro
 
 def usable(cfg, device: torch.device) -> bool:
     """The kernel needs Triton on CUDA and a power-of-two head size (its vector width)."""
-    head_dim = cfg.d_model // cfg.n_heads
-    return available(device) and head_dim >= 2 and head_dim & (head_dim - 1) == 0
+    return available(device) and cfg.head_dim >= 2 and cfg.head_dim & (cfg.head_dim - 1) == 0

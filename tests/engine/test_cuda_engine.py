@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fastdllm_ray import Engine, EngineConfig, load_model
+from tests.engine.test_engine_scheduling import run_to_end
 from tests.engine.test_reference_exactness import params_of
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the device tool)")
@@ -24,11 +25,7 @@ def run(model, prompts, params, **config) -> list:
     engine = Engine(model, EngineConfig(max_num_seqs=len(prompts), max_model_len=longest,
                                         max_queue=len(prompts), **config))
     ids = [engine.add_request(p, q) for p, q in zip(prompts, params)]
-    results = {}
-    while engine.has_unfinished():
-        for out in engine.step():
-            if out.finished:
-                results[out.request_id] = out.result
+    results = run_to_end(engine)
     return [results[i] for i in ids]
 
 
