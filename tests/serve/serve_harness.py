@@ -21,7 +21,7 @@ def running_app(config, num_cpus: int = 2):
     from fastdllm_ray.commands.serve import start
 
     metrics_port, http_port = free_port(), free_port()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port,
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port,
              namespace=f"fastdllm-test-{http_port}")
     try:
         url = start(config, host="127.0.0.1", port=http_port)
