@@ -55,7 +55,8 @@ class AsyncEngine:
 
     # ---- submitting -------------------------------------------------------------------
     def submit(
-        self, prompt_ids: Sequence[int], params: GenerationParams, request_id: str | None = None
+        self, prompt_ids: Sequence[int], params: GenerationParams, request_id: str | None = None,
+        stream_steps: bool = False,
     ) -> tuple[str, asyncio.Queue]:
         """Queues a request from a running event loop; returns its id and output queue."""
         if self._stopping:
@@ -69,7 +70,7 @@ class AsyncEngine:
                 raise ValueError(f"request_id: {request_id!r} is already running")
             self._streams[request_id] = stream
         try:
-            self.engine.add_request(list(prompt_ids), params, request_id=request_id)
+            self.engine.add_request(list(prompt_ids), params, request_id=request_id, stream_steps=stream_steps)
         except BaseException:
             with self._streams_lock:
                 self._streams.pop(request_id, None)
@@ -79,10 +80,12 @@ class AsyncEngine:
         return request_id, stream.queue
 
     def generate(
-        self, prompt_ids: Sequence[int], params: GenerationParams, request_id: str | None = None
+        self, prompt_ids: Sequence[int], params: GenerationParams, request_id: str | None = None,
+        stream_steps: bool = False,
     ) -> AsyncIterator[BlockOutput]:
-        """Submits now (raising ValueError / QueueFullError here) and returns the block stream."""
-        request_id, queue = self.submit(prompt_ids, params, request_id)
+        """Submits now (raising ValueError / QueueFullError here) and returns the block stream
+        (with `stream_steps`, also one output per forward; see Engine.add_request)."""
+        request_id, queue = self.submit(prompt_ids, params, request_id, stream_steps)
         return self._iterate(request_id, queue)
 
     async def _iterate(self, request_id: str, queue: asyncio.Queue) -> AsyncIterator[BlockOutput]:

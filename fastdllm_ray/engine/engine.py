@@ -20,6 +20,7 @@ from fastdllm_ray.engine.runner import ModelRunner, RowOutcome
 from fastdllm_ray.engine.scheduler import QueueFullError, Scheduler
 from fastdllm_ray.engine.sequence import Sequence, Status
 from fastdllm_ray.engine.stats import EngineStats
+from fastdllm_ray.engine.step_events import step_event
 from fastdllm_ray.model import LLaDAModel
 from fastdllm_ray.params import GenerationParams
 
@@ -101,12 +102,14 @@ class Engine:
                 f"exceed the model's max_sequence_length {self.max_model_len}"
             )
 
-    def add_request(self, prompt_ids: list[int], params: GenerationParams, request_id: str | None = None) -> str:
-        """Queues a request (thread-safe); raises ValueError or QueueFullError."""
+    def add_request(self, prompt_ids: list[int], params: GenerationParams, request_id: str | None = None,
+                    stream_steps: bool = False) -> str:
+        """Queues a request (thread-safe); raises ValueError or QueueFullError. With `stream_steps`,
+        every forward also hands back a BlockOutput whose `step` says what it committed."""
         prompt_ids = as_token_ids(prompt_ids)
         self.validate(prompt_ids, params)
         request_id = request_id or f"req-{next(self._ids)}"
-        seq = Sequence(request_id, prompt_ids, params)
+        seq = Sequence(request_id, prompt_ids, params, stream_steps=bool(stream_steps))
         with self._lock:
             if request_id in self._sequences:
                 raise ValueError(f"request_id: {request_id!r} is already running")
@@ -134,7 +137,8 @@ class Engine:
         return self.scheduler.num_waiting
 
     def step(self) -> list[BlockOutput]:
-        """One engine iteration; returns the blocks that became final."""
+        """One engine iteration; returns the blocks that became final (and, for requests with
+        stream_steps, one output per forward carrying its StepEvent)."""
         outputs: list[BlockOutput] = []
         with self._lock:
             for seq in self._aborts:
@@ -167,9 +171,12 @@ class Engine:
 
     def _advance(self, seq: Sequence, outcome: RowOutcome) -> BlockOutput | None:
         seq.nfe += 1
+        event = None
+        if seq.stream_steps:
+            event = step_event(seq, outcome.block_tokens, outcome.remaining, self.model.config.mask_token_id)
         seq.step += 1
         if outcome.remaining:
-            return None
+            return None if event is None else BlockOutput(seq.request_id, [], finished=False, step=event)
         now = time.monotonic()
         seq.block_times.append(now - (seq.block_started or now))
         seq.block_started = now
@@ -188,11 +195,11 @@ class Engine:
         if stop or seq.is_last_block:
             with self._lock:
                 final = self._finish(seq, "stop" if stop else "length")
-            final.token_ids = tokens
+            final.token_ids, final.step = tokens, event
             return final
         seq.block += 1
         seq.step = 0
-        return BlockOutput(seq.request_id, tokens, finished=False)
+        return BlockOutput(seq.request_id, tokens, finished=False, step=event)
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> BlockOutput:
         """Ends a sequence (caller holds the lock) and frees its slot."""

@@ -1,4 +1,5 @@
-"""What the engine hands back: a final block as it completes, and a request's result."""
+"""What the engine hands back: a final block as it completes, a request's result, and for
+requests that ask for them, what each step committed."""
 
 from __future__ import annotations
 
@@ -23,8 +24,20 @@ class GenerationResult:
 
 
 @dataclass
+class StepEvent:
+    """What one forward committed for one request (only for requests with stream_steps)."""
+
+    block: int  # index of the block the step belongs to
+    step: int  # forwards run in that block so far, this one included (1 = its first)
+    positions: list[int]  # answer positions (0 = first answer token) committed by this step
+    token_ids: list[int]  # the token committed at each of those positions
+    remaining: int  # positions of the block still masked after this step
+
+
+@dataclass
 class BlockOutput:
     request_id: str
     token_ids: list[int]  # tokens that became final with this block (already cut at the end)
     finished: bool
     result: GenerationResult | None = None  # set on the last output of a request
+    step: StepEvent | None = None  # with stream_steps: this step's commits (token_ids may be [])

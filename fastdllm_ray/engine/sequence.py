@@ -38,6 +38,8 @@ class Sequence:
     first_block_time: float | None = None
     block_times: list[float] = field(default_factory=list)  # seconds each block took
     block_started: float | None = None
+    stream_steps: bool = False  # hand back a StepEvent per forward (engine/step_events.py)
+    step_block: list[int] | None = None  # the block as the last StepEvent left it
 
     @property
     def prompt_len(self) -> int:

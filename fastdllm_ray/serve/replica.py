@@ -74,10 +74,10 @@ class EngineReplica:
         engine = self.engine.engine
         self.metrics.sample_engine(engine.stats, engine.num_running, engine.num_waiting)
 
-    async def generate(self, prompt_ids: list[int], params: GenerationParams,
-                       request_id: str) -> AsyncIterator[dict | BlockOutput]:
+    async def generate(self, prompt_ids: list[int], params: GenerationParams, request_id: str,
+                       stream_steps: bool = False) -> AsyncIterator[dict | BlockOutput]:
         try:
-            stream = self.engine.generate(prompt_ids, params, request_id)
+            stream = self.engine.generate(prompt_ids, params, request_id, stream_steps)
         except QueueFullError as exc:
             self.metrics.observe_refusal("rejected")
             yield {"status": "rejected", "message": str(exc)}
