@@ -45,6 +45,7 @@ class EngineRequest:
     prompt_ids: list[int]
     params: GenerationParams
     stop: tuple[str, ...]
+    stream_steps: bool = False  # stream a chunk per engine step (serve/steps.py)
 
 
 class PromptEncoder:
@@ -134,6 +135,9 @@ def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model
         raise RequestError(f"block_length: {req.block_length} is outside [1, {max_model_len}]", param="block_length")
     if req.steps < 1:
         raise RequestError(f"steps: {req.steps} must be >= 1", param="steps")
+    if req.stream_steps and not req.stream:
+        raise RequestError("stream_steps: needs stream: true (step events only exist in a stream)",
+                           param="stream_steps")
     if req.temperature > MAX_TEMPERATURE:
         raise RequestError(f"temperature: {req.temperature} must be <= {MAX_TEMPERATURE}", param="temperature")
     cache = "none" if not req.use_cache else ("dual" if req.use_dual_cache else "prefix")
@@ -168,12 +172,15 @@ def chat_request(req: ChatCompletionRequest, encoder: PromptEncoder, max_model_l
         raise RequestError("max_tokens: set max_tokens or max_completion_tokens, not both", param="max_tokens")
     for i, message in enumerate(req.messages):
         _check_text(message.content, f"messages.{i}.content")
+        if message.role == "user" and not message.content.strip():
+            raise RequestError(f"messages.{i}.content: a user message must not be empty",
+                               param=f"messages.{i}.content")
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
     params = _generation_params(req, max_tokens, max_model_len, default_max_tokens)
     stop = _stop_strings(req.stop)
     prompt_ids = encoder.chat(req.messages)
     _check_context(prompt_ids, params, max_model_len, "messages")
-    return EngineRequest(prompt_ids, params, stop)
+    return EngineRequest(prompt_ids, params, stop, req.stream_steps)
 
 
 def completion_request(req: CompletionRequest, encoder: PromptEncoder, max_model_len: int,
@@ -191,4 +198,4 @@ def completion_request(req: CompletionRequest, encoder: PromptEncoder, max_model
     else:
         prompt_ids = encoder.token_ids(prompt)
     _check_context(prompt_ids, params, max_model_len, "prompt")
-    return EngineRequest(prompt_ids, params, stop)
+    return EngineRequest(prompt_ids, params, stop, req.stream_steps)

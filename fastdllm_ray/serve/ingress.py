@@ -28,7 +28,9 @@ from fastdllm_ray.serve.convert import (DEFAULT_MAX_TOKENS, EngineRequest, Promp
                                         chat_request, completion_request)
 from fastdllm_ray.serve.errors import GuardMiddleware, install_error_handlers, sse
 from fastdllm_ray.serve.metrics import IngressMetrics
+from fastdllm_ray.serve.playground import playground_file
 from fastdllm_ray.serve.replica import resolve_model, served_model_name
+from fastdllm_ray.serve.steps import StepChunks
 from fastdllm_ray.serve.text import TextAssembler
 
 RETRY_AFTER_S = "1"
@@ -57,6 +59,7 @@ class _Answer:
     def __init__(self, tokenizer, req: EngineRequest) -> None:
         self.text = TextAssembler(tokenizer, req.stop)
         self.prompt_tokens = len(req.prompt_ids)
+        self.params = req.params
         self.finish_reason: Optional[str] = None
         self.nfe: Optional[int] = None
         self.engine_done = False  # the replica sent its last block (else it may still be working)
@@ -100,6 +103,7 @@ class OpenAIIngress:
         self.default_max_tokens = int(generation_config(checkpoint).get("max_new_tokens", DEFAULT_MAX_TOKENS))
         self.tokenizer = load_tokenizer(checkpoint)
         self.encoder = PromptEncoder(self.tokenizer, model_config.embedding_size, model_config.mask_token_id)
+        self.steps = StepChunks(self.tokenizer)
         self.metrics = IngressMetrics(self.model_name)
         _guard_settings.update(api_keys=api_keys_of(self.config), max_body_bytes=self.config.max_body_bytes,
                                on_response=self.metrics.observe)
@@ -112,6 +116,14 @@ class OpenAIIngress:
     @app.get("/v1/models", response_model=p.ModelList)
     async def models(self) -> p.ModelList:
         return p.ModelList(data=[p.ModelCard(id=self.model_name, max_model_len=self.max_model_len)])
+
+    @app.get("/playground", include_in_schema=False)
+    async def playground(self):
+        return playground_file(self.config.playground)
+
+    @app.get("/playground/{name}", include_in_schema=False)
+    async def playground_asset(self, name: str):
+        return playground_file(self.config.playground, name)
 
     @app.post("/v1/completions", response_model=p.CompletionResponse)
     async def completions(self, body: p.CompletionRequest):
@@ -134,7 +146,8 @@ class OpenAIIngress:
 
     async def _submit(self, req: EngineRequest):
         """Starts the request on a replica; refusals become 400/503 before any byte is sent."""
-        stream = self.engine.options(stream=True).generate.remote(req.prompt_ids, req.params, uuid.uuid4().hex)
+        stream = self.engine.options(stream=True).generate.remote(req.prompt_ids, req.params, uuid.uuid4().hex,
+                                                                   req.stream_steps)
         try:
             admission = await stream.__anext__()
         except BackPressureError:
@@ -205,7 +218,12 @@ class OpenAIIngress:
             if chat:
                 yield sse(chunk(None, None, role=True))
             while not answer.done:
-                delta = answer.add(await self._next(stream, deadline))
+                out = await self._next(stream, deadline)
+                if out.step is not None:  # only with stream_steps
+                    yield sse(self.steps.chunk(chunk("", None), out.step, answer.params))
+                    if not out.token_ids and not out.finished:
+                        continue
+                delta = answer.add(out)
                 yield sse(chunk(delta, answer.finish_reason))
             if include_usage:
                 yield sse({**head, "choices": [], "usage": answer.usage().model_dump()})

@@ -45,6 +45,9 @@ class FastDLLMFields(BaseModel):
     steps: int = 128
     block_length: int = 32
     remasking: Literal["low_confidence", "random"] = "low_confidence"
+    stream_steps: bool = Field(
+        False, description="with stream: also one chunk per engine step whose `step` field lists the answer "
+        "positions that step committed and their tokens (for drawing the answer as it unmasks)")
 
 
 class CompletionRequest(FastDLLMFields):
