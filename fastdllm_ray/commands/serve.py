@@ -27,6 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-num-seqs", type=int, help="live sequences per replica (default 16)")
     parser.add_argument("--max-model-len", type=int, help="prompt + answer tokens per sequence")
     parser.add_argument("--max-queue", type=int, help="waiting requests per replica before 503 (default 64)")
+    parser.add_argument("--no-playground", action="store_true", help="do not serve the web page at /playground")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS or a new local one)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray cluster")
     parser.set_defaults(func=run)
@@ -39,7 +40,7 @@ def config_from_args(args: argparse.Namespace):
     engine = {key: value for key, value in (("max_num_seqs", args.max_num_seqs), ("max_queue", args.max_queue),
                                              ("max_model_len", args.max_model_len)) if value is not None}
     settings: dict = {"model": args.model, "model_name": args.name, "device": args.device, "dtype": args.dtype,
-                      "api_keys": list(args.api_keys), "engine": engine}
+                      "api_keys": list(args.api_keys), "engine": engine, "playground": not args.no_playground}
     if args.replicas is not None:
         settings["num_replicas"] = args.replicas
     elif args.min_replicas is not None or args.max_replicas is not None:
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     try:  # Ctrl-C may come while the app is still deploying: it stops that too
         url = start(config, args.host, args.port)
         auth = " (bearer key required)" if config.api_keys else ""
+        if config.playground:
+            print(f"playground: {url}/playground", flush=True)
         print(f"serving {served_model_name(config)!r} at {url}/v1{auth}; Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)

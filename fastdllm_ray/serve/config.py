@@ -60,3 +60,5 @@ class AppConfig(BaseModel):
     request_timeout_s: float = Field(600.0, gt=0)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body; more is refused with 413")
     seed: int = Field(0, description="engine seed for temperature > 0 and random remasking")
+    playground: bool = Field(True, description="serve the web playground page at /playground (it uses the "
+                             "same /v1 API and keys as any client)")
