@@ -19,7 +19,7 @@ _MEDIA_TYPES = {PAGE: "text/html; charset=utf-8", "playground.css": "text/css; c
                 "playground.js": "text/javascript; charset=utf-8"}
 # the page runs only its own files and talks only to its own origin
 _HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pexpect
@@ -14,6 +15,7 @@ import pytest
 
 from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME
 from tests.playground.conftest import API_KEY
+from tests.serve.serve_harness import replica_stats
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -100,6 +102,7 @@ def test_without_a_server_it_starts_nothing_and_says_how_to_start_one():
 
 def test_ctrl_c_stops_a_long_answer_and_the_chat_goes_on(chat):
     chat.expect_exact(PROMPT)
+    cancelled = replica_stats()["finished"].get("cancelled", 0)
     # one block of 448 positions, one per forward: seconds before any text on a CPU
     chat.sendline("/settings max_tokens=448 block_length=448 steps=448")
     chat.expect_exact(PROMPT)
@@ -107,6 +110,10 @@ def test_ctrl_c_stops_a_long_answer_and_the_chat_goes_on(chat):
     chat.expect_exact(f"{DEFAULT_MODEL_NAME}> ")  # accepted: the answer is being decoded
     chat.sendintr()
     chat.expect_exact("(stopped)")
+    deadline = time.monotonic() + 30
+    while replica_stats()["finished"].get("cancelled", 0) == cancelled:  # the dropped connection ends it
+        assert time.monotonic() < deadline, "the server kept decoding the stopped answer"
+        time.sleep(0.2)
     chat.sendline("/settings max_tokens=off block_length=off steps=16")
     answer, _ = ask(chat, "What is 2+2?")
     assert answer == "2 + 2 = 4. The answer is 4."  # the stopped turn is not in the history

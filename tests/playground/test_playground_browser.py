@@ -1,0 +1,145 @@
+"""The playground in a real headless browser (Debian's chromium through its chromedriver)
+against a real server: it asks "What is 2+2?", watches the answer cells go from masked to
+text over several steps, reads the figures, replays the steps and saves a screenshot; bad
+input shows the server's own message in the page.
+
+Set FASTDLLM_SCREENSHOT_DIR to keep the screenshot (docs/playground.png in the README comes
+from `FASTDLLM_SCREENSHOT_DIR=docs pytest tests/playground/test_playground_browser.py`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.playground.conftest import API_KEY
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip("no chromium/chromedriver: scripts/setup.sh installs Debian's when run as root",
+                allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402  (after the skip: only with a browser to drive)
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ANSWER = "2 + 2 = 4. The answer is 4."
+# records every class and data-step change of the answer cells, with the class before it
+WATCH_CELLS = """
+window.cellLog = [];
+new MutationObserver((records) => {
+  const cells = Array.from(document.querySelectorAll('#canvas .cell'));
+  for (const r of records) {
+    if (r.type !== 'attributes') continue;
+    window.cellLog.push({cell: cells.indexOf(r.target), attribute: r.attributeName, before: r.oldValue,
+                         after: r.target.getAttribute(r.attributeName)});
+  }
+}).observe(document.getElementById('canvas'), {subtree: true, attributes: true, attributeOldValue: true,
+                                                  attributeFilter: ['class', 'data-step']});
+"""
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1280,640",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def page(browser, base_url):
+    """The playground, opened as a person would: without a key first, then typing it in."""
+    browser.get(f"{base_url}/playground")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda b: b.find_element(By.ID, "error").is_displayed())
+    assert "missing API key" in browser.find_element(By.ID, "error").text  # the server's 401, shown
+    key = browser.find_element(By.ID, "key")
+    key.send_keys(API_KEY, Keys.TAB)  # a change event: the page lists the models again
+    wait.until(lambda b: b.find_element(By.ID, "model").get_attribute("value") == "tiny-llada-arith")
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    return browser
+
+
+def set_field(page, field: str, value: str) -> None:
+    element = page.find_element(By.ID, field)
+    element.clear()
+    element.send_keys(value)
+
+
+def send(page, message: str) -> None:
+    box = page.find_element(By.ID, "message")
+    box.clear()
+    box.send_keys(message, Keys.ENTER)
+
+
+def test_the_answer_fills_in_over_several_steps(page, tmp_path):
+    set_field(page, "steps", "16")  # 8 forwards per block: 4 cells fill in per step
+    page.execute_script(WATCH_CELLS)
+    send(page, "What is 2+2?")
+    WebDriverWait(page, 60).until(lambda b: "NFE" in b.find_element(By.ID, "stats").text)
+
+    answer = page.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant")[-1].text
+    assert answer == ANSWER
+    stats = page.find_element(By.ID, "stats").text
+    assert stats.startswith("NFE 8 · 3.50 tokens per forward · latency ") and "28 tokens" in stats
+
+    log = page.execute_script("return window.cellLog")
+    cells = page.find_elements(By.CSS_SELECTOR, "#canvas .cell")
+    assert len(cells) == 64  # the answer canvas: 64 tokens, 2 blocks of 32
+    filled = {e["cell"] for e in log if e["attribute"] == "class" and e["before"] == "cell mask"
+              and e["after"].startswith("cell new")}
+    assert filled == set(range(32))  # every cell of the first block went from masked to text
+    steps = {e["cell"]: int(e["after"]) for e in log if e["attribute"] == "data-step"}
+    assert sorted(set(steps.values())) == list(range(1, 9))  # over 8 steps, 4 cells each
+    assert all(list(steps.values()).count(s) == 4 for s in range(1, 9))
+    shown = "".join(c.text for c in cells[:len(ANSWER)]).replace("\u2423", " ")
+    assert shown == ANSWER
+    assert all("unused" in c.get_attribute("class") for c in cells[32:])  # never decoded: it stopped
+
+    page.find_element(By.ID, "replay").click()  # slowly, step by step: the moment in the README
+    WebDriverWait(page, 30, poll_frequency=0.02).until(lambda b: replayed_step(b) >= 4)
+    screenshots = Path(os.environ.get("FASTDLLM_SCREENSHOT_DIR") or tmp_path)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    assert page.save_screenshot(str(screenshots / "playground.png"))
+    WebDriverWait(page, 30).until(lambda b: b.find_element(By.ID, "replay").is_enabled())
+    assert replayed_step(page) == 8
+    cells = page.find_elements(By.CSS_SELECTOR, "#canvas .cell")  # drawn anew by the replay
+    assert "".join(c.text for c in cells[:len(ANSWER)]).replace("\u2423", " ") == ANSWER
+
+
+def replayed_step(page) -> int:
+    progress = page.find_element(By.ID, "progress").text  # "step 4: block 0, ..."
+    return int(progress.split(":")[0].split()[1]) if progress.startswith("step ") else 0
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("message", "", "messages.2.content: a user message must not be empty"),
+    ("threshold", "2", "threshold: 2.0 is outside (0, 1]"),
+    ("max_tokens", "1000000000", "max_tokens: 1000000000 is beyond the model's context"),
+    ("block_length", "abc", "block_length: Input should be a valid integer"),
+])
+def test_bad_input_shows_the_servers_message(page, field, value, message):
+    messages_before = len(page.find_elements(By.CSS_SELECTOR, "#messages .msg"))
+    if field != "message":
+        set_field(page, field, value)
+    send(page, value if field == "message" else "What is 2+2?")
+    error = page.find_element(By.ID, "error")
+    WebDriverWait(page, 60).until(lambda b: error.is_displayed())
+    assert message in error.text and "Traceback" not in error.text
+    assert len(page.find_elements(By.CSS_SELECTOR, "#messages .msg")) == messages_before  # nothing half-made
+    if field != "message":
+        set_field(page, field, "")  # back to the server's default
