@@ -57,6 +57,7 @@ def request_body(model: str, messages: list[dict], settings: dict) -> dict:
 def change_settings(settings: dict, words: list[str]) -> dict:
     """`name=value` words applied to a copy of the settings; ValueError names the bad one."""
     changed = dict(settings)
+    named = set()
     for word in words:
         name, sep, text = word.partition("=")
         name = name.strip().replace("-", "_")
@@ -66,15 +67,18 @@ def change_settings(settings: dict, words: list[str]) -> dict:
         if value.lower() in ("off", "default", "") or (value.lower() == "none" and name != "cache"):
             changed[name] = None
             continue
+        named.add(name)
         try:
             changed[name] = SETTINGS[name](value)
         except ValueError:
-            raise ValueError(f"{name}: {text!r} is not a {SETTINGS[name].__name__}") from None
+            kind = "whole number" if SETTINGS[name] is int else "number"
+            raise ValueError(f"{name}: {value!r} is not a {kind}") from None
         if name == "cache" and changed[name] not in CACHE_MODES:
             raise ValueError(f"cache: {text!r} is not one of {', '.join(CACHE_MODES)}")
     if changed.get("threshold") is not None and changed.get("factor") is not None:
-        which = "threshold" if settings.get("factor") is not None else "factor"
-        changed[which] = None  # the two rules exclude each other: the one just set wins
+        if {"threshold", "factor"} <= named:
+            raise ValueError("threshold and factor: set at most one of them")
+        changed["threshold" if "factor" in named else "factor"] = None  # the one just set wins
     return changed
 
 

@@ -75,7 +75,7 @@ def test_a_conversation_streams_answers_with_their_figures_and_keeps_history(cha
 def test_bad_settings_show_the_reason_and_the_chat_goes_on(chat):
     chat.expect_exact(PROMPT)
     chat.sendline("/settings threshold=abc")
-    chat.expect_exact("error: threshold: 'abc' is not a float")
+    chat.expect_exact("error: threshold: 'abc' is not a number")
     chat.sendline("/settings threshold=2")
     chat.expect_exact(PROMPT)
     chat.sendline("What is 2+2?")

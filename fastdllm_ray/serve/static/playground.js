@@ -35,7 +35,10 @@ async function errorMessage(response) {
 async function loadModels() {
   try {
     const response = await fetch("v1/models", {headers: headers()});
-    if (!response.ok) return showError(await errorMessage(response));
+    if (!response.ok) {
+      const hint = response.status === 401 ? " (type a key in the API key field above)" : "";
+      return showError(await errorMessage(response) + hint);
+    }
     const ids = (await response.json()).data.map((card) => card.id);
     $("model").replaceChildren(...ids.map((id) => new Option(id, id)));
     showError("");

@@ -1,0 +1,44 @@
+"""The chat CLI's settings: `/settings name=value` words and the request they make."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastdllm_ray.commands.chat import change_settings, request_body
+
+DEFAULTS = dict.fromkeys(["threshold", "factor", "block_length", "steps", "max_tokens", "temperature", "cache"])
+
+
+def test_settings_are_read_by_type_and_off_means_the_servers_default():
+    settings = change_settings(DEFAULTS, ["threshold=0.9", "block-length=16", "cache=none"])
+    assert (settings["threshold"], settings["block_length"], settings["cache"]) == (0.9, 16, "none")
+    assert change_settings(settings, ["threshold=off", "cache=default"])["threshold"] is None
+    assert change_settings(settings, ["cache=off"])["cache"] is None  # for cache, "none" is a mode
+
+
+def test_threshold_and_factor_exclude_each_other_the_last_set_wins():
+    with_threshold = change_settings(DEFAULTS, ["threshold=0.9"])
+    with_factor = change_settings(with_threshold, ["factor=1.0"])
+    assert (with_factor["threshold"], with_factor["factor"]) == (None, 1.0)
+    assert change_settings(with_factor, ["threshold=0.8"])["factor"] is None
+
+
+@pytest.mark.parametrize("word, message", [
+    ("threshold=abc", "threshold: 'abc' is not a number"),
+    ("steps=1.5", "steps: '1.5' is not a whole number"),
+    ("cache=full", "cache: 'full' is not one of dual, prefix, none"),
+    ("speed=11", "'speed=11': expected name=value"),
+    ("threshold", "'threshold': expected name=value"),
+    ("threshold=0.9 factor=1", "threshold and factor: set at most one of them"),
+])
+def test_a_bad_setting_is_refused_by_name(word, message):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
+        change_settings(DEFAULTS, word.split())
+
+
+def test_the_request_carries_only_what_was_set():
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    settings = change_settings(DEFAULTS, ["cache=prefix", "steps=16"])
+    assert request_body("m", messages, settings) == {
+        "model": "m", "messages": messages, "stream_options": {"include_usage": True},
+        "use_cache": True, "use_dual_cache": False, "steps": 16}
