@@ -249,10 +249,11 @@ def plot(runs: list[Run], path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", default="dual:1:128:256:eager,dual:1:128:256:graphs,dual:1:128:256,"
+    default_configs = ("dual:1:128:256:eager,dual:1:128:256:graphs,dual:1:128:256,"
                     "prefix:1:128:256,none:1:128:256,dual:8:128:256,dual:32:128:256,dual:64:128:256,"
                     "prefix:8:128:256,prefix:32:128:256,none:8:128:256,none:32:128:256,"
                     "dual:1:512:1024,prefix:1:512:1024,none:1:512:1024,dual:8:512:1024,prefix:8:512:1024")
+    ap.add_argument("--configs", default=default_configs, help="cache:batch:prompt:gen[:variant], comma-separated")
     ap.add_argument("--budget", type=float, default=25.0, help="seconds per configuration at most")
     ap.add_argument("--agreement", default="tests/fixtures/refdata/checkpoint,fastdllm_ray/assets/tiny-llada-arith")
     ap.add_argument("--staggered", type=int, default=0,
@@ -282,6 +283,7 @@ def main() -> None:
     agree = agreement([d for d in args.agreement.split(",") if d and Path(d, "config.json").exists()])
     command = "PYTHONPATH=. python3 benchmarks/gpu.py" + (f" --budget {args.budget:g}" if args.budget != 25 else "")
     command += f" --staggered {args.staggered}" if args.staggered else ""
+    command += f" --configs {args.configs}" if args.configs != default_configs else ""
     text = markdown(runs, floors, device, command, agree, churn)
     print(text)
     if args.out_dir:

@@ -48,8 +48,10 @@ class ModelRunner:
         # one extra column: the scratch position that padded block entries read and write
         self.canvas = torch.full((num_slots, max_model_len + 1), self.mask_id, dtype=torch.long, device=self.device)
         self.rows = torch.zeros(num_slots, NUM_COLUMNS, dtype=torch.float64, device=self.device)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         on_cuda = self.device.type == "cuda"
+        # the host side of self.rows: pinned, so the one copy per step is asynchronous
+        self.rows_host = torch.zeros(num_slots, NUM_COLUMNS, dtype=torch.float64, pin_memory=on_cuda)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.confidence_fn = confidence_of
         if compile_blocks and on_cuda:
             model.compile_blocks()
@@ -99,8 +101,8 @@ class ModelRunner:
     def step(self, seqs: list[Sequence]):
         """One forward and one decoding step for every sequence in seqs; returns per-row
         outcomes and stats."""
-        packed = pack_rows(seqs, self.num_slots)
-        self.rows.copy_(packed.rows)
+        packed = pack_rows(seqs, self.rows_host)
+        self.rows.copy_(self.rows_host, non_blocking=True)  # the host buffer is rewritten after this step's sync
         result = self._run(packed)
         rows = result[: packed.n_rows].tolist()  # the one host sync
         outcomes = [RowOutcome(row[: s.block_length], row[-2], row[-1]) for s, row in zip(seqs, rows)]

@@ -38,7 +38,7 @@ def query_span(seq: Sequence) -> tuple[int, int]:
 
 @dataclass
 class PackedStep:
-    rows: torch.Tensor  # [num_rows, NUM_COLUMNS] float64, on the host
+    rows: torch.Tensor  # [num_rows, NUM_COLUMNS] float64: the buffer pack_rows filled
     n_rows: int  # real rows (the rest is padding)
     n_tokens: int  # packed query tokens
     max_block: int  # longest block of the step
@@ -47,8 +47,8 @@ class PackedStep:
     attended: int  # key positions attended, over all rows
 
 
-def pack_rows(seqs: list[Sequence], num_rows: int) -> PackedStep:
-    rows = torch.zeros(num_rows, NUM_COLUMNS, dtype=torch.float64)
+def pack_rows(seqs: list[Sequence], rows: torch.Tensor) -> PackedStep:
+    """Fills `rows` (host memory, [seats, NUM_COLUMNS]) with one row per sequence, zeros after."""
     values, n_tokens = [], 0
     for s in seqs:
         p = s.params
@@ -58,6 +58,7 @@ def pack_rows(seqs: list[Sequence], num_rows: int) -> PackedStep:
                        num_to_commit(s.step, s.block_length, p.steps_per_block), p.remasking == "random",
                        p.threshold or 1.0, p.factor or 1.0, p.temperature))
         n_tokens += end - start
+    rows.zero_()
     if values:
         rows[: len(values)] = torch.tensor(values, dtype=torch.float64)
     return PackedStep(rows, len(seqs), n_tokens, max(s.block_length for s in seqs),
