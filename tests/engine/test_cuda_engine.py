@@ -96,3 +96,26 @@ def test_requests_joining_mid_run_decode_what_the_eager_engine_does(cuda_model):
     assert agreement([r.token_ids for r in graphed], [r.token_ids for r in eager]) >= 0.99
     assert agreement([r.token_ids for r in graphed], [c["output"] for c in CASES]) >= 0.99
     assert engine.runner.captures == engine.captures_after_warm_up > 0  # no capture beyond warm-up's
+
+
+def test_step_events_ride_on_graphed_steps_without_changing_them(cuda_model):
+    # stream_steps reads the block the graphed forward already copied to the host: the request
+    # that asks decodes exactly what its twin without events does, in the same graphed batch,
+    # and its events add up to that answer
+    case = next((c for c in CASES if "threshold" in c and c["cache"] == "dual"), CASES[0])
+    prompt, params = case["prompt"], params_of(case)
+    engine = Engine(cuda_model, EngineConfig(max_num_seqs=2, max_model_len=len(prompt) + params.padded_gen_length,
+                                             max_queue=2))
+    engine.add_request(prompt, params, request_id="steps", stream_steps=True)
+    engine.add_request(prompt, params, request_id="plain")
+    outs: dict[str, list] = {"steps": [], "plain": []}
+    while engine.has_unfinished():
+        for out in engine.step():
+            outs[out.request_id].append(out)
+    steps, plain = outs["steps"][-1].result, outs["plain"][-1].result
+    assert (steps.token_ids, steps.nfe) == (plain.token_ids, plain.nfe)
+    assert engine.runner.captures > 0  # the forwards were graphed
+    events = [o.step for o in outs["steps"]]
+    assert None not in events and len(events) == steps.nfe
+    committed = {p: t for e in events for p, t in zip(e.positions, e.token_ids, strict=True)}
+    assert [committed[i] for i in range(len(steps.token_ids))] == steps.token_ids
