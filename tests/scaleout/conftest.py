@@ -101,7 +101,12 @@ def app_config(random_model: Path) -> dict:
 
 
 @pytest.fixture(scope="package")
-def app(tmp_path_factory) -> Iterator[App]:
+def random_model_dir(tmp_path_factory) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("llada-random"))
+
+
+@pytest.fixture(scope="package")
+def app(random_model_dir) -> Iterator[App]:
     import ray
     from ray import serve
 
@@ -114,8 +119,7 @@ def app(tmp_path_factory) -> Iterator[App]:
              namespace=f"fastdllm-scaleout-{http_port}")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        config = app_config(random_checkpoint(tmp_path_factory.mktemp("llada-random")))
-        serve.run(build_app(config), name=APP, route_prefix=f"/{APP}")  # returns once every replica runs
+        serve.run(build_app(app_config(random_model_dir)), name=APP, route_prefix=f"/{APP}")  # returns once every replica runs
         url = f"http://127.0.0.1:{http_port}/{APP}"
         deadline = time.monotonic() + DEPLOY_TIMEOUT_S
         while httpx.get(f"{url}/health", timeout=10).status_code != 200:
