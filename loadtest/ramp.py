@@ -12,7 +12,7 @@ The user count and run time come from the shape: -u, -r and -t are ignored.
 from __future__ import annotations
 
 from locust import LoadTestShape, events
-from locustfile import *  # noqa: F401,F403  (the users, scenarios and summary of the plain run)
+from locustfile import OpenAIUser  # noqa: F401  (the users, scenarios and run summary of the plain run)
 
 
 @events.init_command_line_parser.add_listener

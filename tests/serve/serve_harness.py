@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import httpx
 from tests.net import free_port
@@ -39,3 +41,28 @@ def replica_stats(app_name: str = "fastdllm") -> dict:
     from ray import serve
 
     return serve.get_deployment_handle("EngineReplica", app_name=app_name).stats.remote().result()
+
+
+@dataclass
+class Outcome:
+    """One request of a client loop: when it ran, its status and, when refused, why."""
+
+    started: float
+    ended: float
+    status: int
+    code: str | None = None
+    retry_after: str | None = None
+    message: str = ""
+
+
+async def client_loop(http: httpx.AsyncClient, url: str, body: dict, stop: asyncio.Event,
+                      log: list[Outcome]) -> None:
+    """Sends `body` to /v1/chat/completions, one request after another, until `stop` is set."""
+    while not stop.is_set():
+        started = time.monotonic()
+        reply = await http.post(f"{url}/v1/chat/completions", json=body)
+        outcome = Outcome(started, time.monotonic(), reply.status_code)
+        if reply.status_code != 200:
+            outcome.code, outcome.message = reply.json()["error"]["code"], reply.json()["error"]["message"]
+            outcome.retry_after = reply.headers.get("retry-after")
+        log.append(outcome)
