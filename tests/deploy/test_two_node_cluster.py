@@ -125,7 +125,7 @@ def cluster():
         finally:
             ray.shutdown()
             for process in reversed(processes):
-                end_group(process, signal.SIGTERM, grace_s=10)
+                end_group(process, signal.SIGTERM, grace_s=3)  # the test is over: what outlives it is killed below
             kill_stragglers(str(workdir))
             shutil.rmtree(workdir, ignore_errors=True)
             os.environ.pop("RAY_AUTH_MODE") if saved is None else os.environ.update(RAY_AUTH_MODE=saved)
