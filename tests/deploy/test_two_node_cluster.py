@@ -12,7 +12,6 @@ on the head too), then frees it for the replacement once the worker has taken th
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -27,7 +26,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from ray_processes import BIN, START_TIMEOUT_S, end_group, kill_stragglers, port_open, private_env, wait_for
 from tests.net import free_port
-from tests.serve.serve_harness import Outcome, client_loop
+from tests.serve.serve_harness import load_through_outage
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -146,23 +145,10 @@ def node_loss(cluster):
     body = {"model": "tiny-llada-arith", "messages": [{"role": "user", "content": "21+21="}], "max_tokens": 32,
             "block_length": 8, "steps": 32}
 
-    async def scenario():
-        log: list[Outcome] = []
-        stop = asyncio.Event()
-        async with httpx.AsyncClient(timeout=90) as http:
-            tasks = [asyncio.create_task(client_loop(http, url, body, stop, log)) for _ in range(CLIENTS)]
-            await asyncio.sleep(4)
-            lost_at = time.monotonic()
-            lose_node(worker, worker_dir)
-            recovered_at = await asyncio.to_thread(
-                wait_until, lambda: running(2) and set(engine_replicas().values()) == {head_node},
-                RECOVERY_TIMEOUT_S, "the lost replica was not replaced on the head")
-            await asyncio.sleep(4)
-            stop.set()
-            await asyncio.gather(*tasks)
-        return log, lost_at, recovered_at
-
-    log, lost_at, recovered_at = asyncio.run(scenario())
+    log, lost_at, recovered_at = load_through_outage(
+        url, body, CLIENTS, lambda: lose_node(worker, worker_dir),
+        lambda: wait_until(lambda: running(2) and set(engine_replicas().values()) == {head_node},
+                           RECOVERY_TIMEOUT_S, "the lost replica was not replaced on the head"))
     return log, lost_at, recovered_at, before, engine_replicas(), head_node
 
 

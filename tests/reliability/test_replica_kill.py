@@ -4,7 +4,6 @@ Retry-After), the other replica keeps answering, and requests after recovery suc
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 
 from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME
 from fastdllm_ray.serve.config import AppConfig
-from serve_harness import Outcome, client_loop, running_app
+from serve_harness import load_through_outage, running_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -69,21 +68,7 @@ def kill_under_load(base_url):
     victims = sorted(engine_replica_actors())
     assert len(victims) == 2 and running_replicas() == 2
 
-    async def scenario():
-        log: list[Outcome] = []
-        stop = asyncio.Event()
-        async with httpx.AsyncClient(timeout=90) as http:
-            tasks = [asyncio.create_task(client_loop(http, base_url, BODY, stop, log)) for _ in range(CLIENTS)]
-            await asyncio.sleep(4)
-            killed_at = time.monotonic()
-            await asyncio.to_thread(kill, victims[0])
-            recovered_at = await asyncio.to_thread(wait_replaced, victims[0])
-            await asyncio.sleep(4)
-            stop.set()
-            await asyncio.gather(*tasks)
-        return log, killed_at, recovered_at
-
-    return asyncio.run(scenario())
+    return load_through_outage(base_url, BODY, CLIENTS, lambda: kill(victims[0]), lambda: wait_replaced(victims[0]))
 
 
 def test_only_requests_caught_by_the_dead_replica_fail_and_retryably(kill_under_load):
