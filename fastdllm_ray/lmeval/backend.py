@@ -32,7 +32,8 @@ from fastdllm_ray.lmeval.settings import parse_model_args, request_settings
 from fastdllm_ray.model import default_model_path, load_model, load_tokenizer
 from fastdllm_ray.params import GenerationParams
 
-logger = logging.getLogger(__name__)
+# under lm-eval's logger, so that its CLI's logging (which configures "lm_eval" only) shows ours
+logger = logging.getLogger("lm_eval.models.fastdllm")
 
 
 @register_model(MODEL_NAME)

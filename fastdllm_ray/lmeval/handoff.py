@@ -54,10 +54,11 @@ def harness_settings(args: argparse.Namespace, tasks: list[str]) -> dict:
 def run_tasks(args: argparse.Namespace, tasks: list[str]) -> int:
     import lm_eval
     from lm_eval.tasks import TaskManager
-    from lm_eval.utils import handle_non_serializable, make_table
+    from lm_eval.utils import handle_non_serializable, make_table, setup_logging
 
     import fastdllm_ray.lmeval.backend  # noqa: F401  (registers the model even without the .pth hook)
 
+    setup_logging()  # lm-eval's progress lines, as its own CLI shows them
     settings = harness_settings(args, tasks)
     if args.base_url and args.api_key != "none":
         os.environ["OPENAI_API_KEY"] = args.api_key  # what lm-eval's local-* backends send as bearer key
