@@ -9,9 +9,12 @@ FAST = "use_cache=True,use_dual_cache=True,threshold=0.9,block_length=32"  # ser
 MC_ARGS = {"mc_num": 8, "mc_batch_size": 8}  # few samples: a CPU budget, still far above chance
 
 
-def evaluate(model: str, model_args, tasks: list[str], limit: int, gen_kwargs: str | None = None) -> dict:
+def evaluate(model: str, model_args, tasks: list[str], limit: int, gen_kwargs: str | None = None,
+             batch_size: int = 1) -> dict:
     """simple_evaluate over our task directory only (lm-eval's ~15k built-in tasks take tens of
-    seconds to index), chat template on, samples logged."""
+    seconds to index), chat template on, samples logged. batch_size: the fastdllm backend's live
+    sequences; lm-eval's API backends would send that many prompts per request (our server takes
+    one: they run requests side by side with num_concurrent instead)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -19,7 +22,7 @@ def evaluate(model: str, model_args, tasks: list[str], limit: int, gen_kwargs: s
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=tasks, task_manager=manager,
-                                   apply_chat_template=True, limit=limit, gen_kwargs=gen_kwargs, batch_size=16,
+                                   apply_chat_template=True, limit=limit, gen_kwargs=gen_kwargs, batch_size=batch_size,
                                    log_samples=True)
 
 
@@ -35,3 +38,15 @@ def choices(results: dict, task: str = "tiny_arith_mc") -> dict[int, int]:
         scores = [r[0] for r in s["filtered_resps"]]
         picked[s["doc_id"]] = scores.index(max(scores))
     return picked
+
+
+def accuracy(results: dict, task: str, docs: int) -> float:
+    """The task's accuracy over its first `docs` documents, from logged samples."""
+    from fastdllm_ray.lmeval.taskdata import rows
+
+    expected = rows(docs)
+    if task == "tiny_arith":
+        got = answers(results, task)
+        return sum(got[i] == str(row["value"]) for i, row in enumerate(expected)) / docs
+    got = choices(results, task)
+    return sum(got[i] == row["gold"] for i, row in enumerate(expected)) / docs
