@@ -86,13 +86,17 @@ def flag_config(args: argparse.Namespace):
 
     if not decoding_fields(args):
         return None
-    cache = "none" if args.use_cache is False else "prefix" if args.use_dual_cache is False else "dual"
-    schedule = "threshold" if args.threshold is not None else "factor" if args.factor is not None else "fixed"
-    config = DecodingConfig(cache, schedule, args.block_length or 32, args.gen_length or GEN_LENGTH,
-                            threshold=THRESHOLD if args.threshold is None else args.threshold,
-                            factor=FACTOR if args.factor is None else args.factor, steps=args.steps)
     if args.threshold is not None and args.factor is not None:
         raise SystemExit("--threshold and --factor: set at most one of them")
+    for flag, value in (("--block-length", args.block_length), ("--gen-length", args.gen_length)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag}: {value} must be >= 1")
+    cache = "none" if args.use_cache is False else "prefix" if args.use_dual_cache is False else "dual"
+    schedule = "threshold" if args.threshold is not None else "factor" if args.factor is not None else "fixed"
+    config = DecodingConfig(cache, schedule, 32 if args.block_length is None else args.block_length,
+                            GEN_LENGTH if args.gen_length is None else args.gen_length,
+                            threshold=THRESHOLD if args.threshold is None else args.threshold,
+                            factor=FACTOR if args.factor is None else args.factor, steps=args.steps)
     try:
         config.params()
     except ValueError as exc:
