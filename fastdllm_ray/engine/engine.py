@@ -1,9 +1,10 @@
 """Engine: the continuous-batching loop for diffusion decoding on one device.
 
-Each `step()` admits waiting requests into free cache slots, then runs, for every live
-sequence, one forward: a full one (block start with a cache, or every step without one)
-or a block step against its cache, batching sequences of the same kind and block length.
-Finished blocks are handed back at once; finished sequences free their slot at once.
+Each `step()` admits waiting requests (a free seat and every K/V page the sequence will need),
+then runs one forward over every live sequence together: full forwards (a block start with
+a cache, or every step without one), prefix steps and dual steps, of any block length, with
+their query tokens packed into one batch (engine/step_inputs.py). Finished blocks are handed
+back at once; finished sequences free their seat and pages at once.
 Requests and aborts may arrive from other threads; they take effect at the next step.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 
 from fastdllm_ray.engine.outputs import BlockOutput, GenerationResult
+from fastdllm_ray.engine.page_pool import PagePool
 from fastdllm_ray.engine.runner import ModelRunner, RowOutcome
 from fastdllm_ray.engine.scheduler import QueueFullError, Scheduler
 from fastdllm_ray.engine.sequence import Sequence, Status
@@ -26,12 +28,16 @@ from fastdllm_ray.params import GenerationParams
 
 @dataclass(frozen=True)
 class EngineConfig:
-    max_num_seqs: int = 16  # live sequences (cache slots)
-    max_model_len: int | None = None  # prompt + padded answer per slot; default: the model's
+    max_num_seqs: int = 16  # live sequences (seats of the batch)
+    max_model_len: int | None = None  # prompt + padded answer per sequence; default: the model's
     max_queue: int = 256  # waiting requests beyond the live ones; more are refused
     seed: int = 0  # for temperature > 0 and remasking="random"
-    cuda_graphs: bool = True  # replay captured forwards on CUDA (no effect on the CPU)
+    cuda_graphs: bool = True  # replay captured steps on CUDA (no effect on the CPU)
     compile_blocks: bool = True  # torch.compile the blocks' elementwise work on CUDA
+    page_size: int = 64  # positions per K/V cache page (a power of two >= 16)
+    # pages in the K/V pool; default: max_num_seqs sequences of max_model_len. Fewer pages let
+    # more seats share the memory when most requests are shorter than max_model_len.
+    num_pages: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_queue"):
@@ -39,6 +45,10 @@ class EngineConfig:
                 raise ValueError(f"{name}: must be >= 1")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError("max_model_len: must be >= 2")
+        if self.page_size < 16 or self.page_size & (self.page_size - 1):
+            raise ValueError(f"page_size: {self.page_size} is not a power of two >= 16")
+        if self.num_pages is not None and self.num_pages < 1:
+            raise ValueError("num_pages: must be >= 1")
 
 
 def as_token_ids(values) -> list:
@@ -53,9 +63,12 @@ class Engine:
         self.config = config or EngineConfig()
         self.max_model_len = min(self.config.max_model_len or model.config.max_sequence_length,
                                  model.config.max_sequence_length)
-        self.scheduler = Scheduler(self.config.max_num_seqs, self.config.max_queue)
-        self.runner = ModelRunner(model, self.config.max_num_seqs, self.max_model_len,
-                                  self.config.seed, self.config.cuda_graphs, self.config.compile_blocks)
+        c = self.config
+        num_pages = c.num_pages or c.max_num_seqs * -(-self.max_model_len // c.page_size)
+        self.pool = PagePool(num_pages, c.page_size)
+        self.scheduler = Scheduler(c.max_num_seqs, c.max_queue, self.pool)
+        self.runner = ModelRunner(model, c.max_num_seqs, self.max_model_len, num_pages, c.page_size,
+                                  c.seed, c.cuda_graphs, c.compile_blocks)
         self.stats = EngineStats()
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -63,24 +76,28 @@ class Engine:
         self._sequences: dict[str, Sequence] = {}
 
     def warm_up(self, block_length: int = 32) -> float:
-        """Decodes a few short requests before any traffic, so that the first real ones do not
-        pay for compilation and graph capture (on CUDA: torch.compile'd blocks, the Triton
-        kernel, the first graphs). Covers batch 1 and batch > 1 and every cache mode; leaves
-        no trace (slots freed, counters reset). Returns the seconds it took."""
+        """Prepares the engine before any traffic, so that no request pays for compilation or
+        graph capture. On CUDA it captures the graphs of every size bucket (every step of up to
+        4096 query tokens, blocks of up to 64 positions: engine/cuda_graphs.py), then decodes a
+        few short requests (batch 1 and > 1, every cache mode, one sampling) to compile the
+        eager paths. Leaves no trace (seats and pages freed, counters reset). Returns seconds."""
         if self.has_unfinished():
             raise RuntimeError("warm_up: the engine already has requests")
         start = time.monotonic()
+        self.runner.capture_graphs()
         mask = self.model.config.mask_token_id
         prompt = [t for t in range(block_length + 1) if t != mask][: max(1, min(block_length, self.max_model_len // 2))]
         block_length = max(1, min(block_length, (self.max_model_len - len(prompt)) // 2))
         settings = dict(gen_length=2 * block_length, block_length=block_length, steps=4, stop_at_eos=False)
-        rounds = [["dual"], ["dual", "dual", "prefix", "none"][: self.config.max_num_seqs]]
-        for caches in rounds:
-            for cache in caches:
-                self.add_request(prompt, GenerationParams(cache=cache, **settings))
+        rounds = [[("dual", 0.0)], [("dual", 0.0), ("dual", 0.5), ("prefix", 0.0), ("none", 0.0)]]
+        generator_state = self.runner.generator.get_state()
+        for requests in rounds:
+            for cache, temperature in requests[: self.config.max_num_seqs]:
+                self.add_request(prompt, GenerationParams(cache=cache, temperature=temperature, **settings))
             while self.has_unfinished():
                 self.step()
-        self.stats = EngineStats()
+        self.runner.generator.set_state(generator_state)
+        self.stats = EngineStats(graph_captures=self.runner.captures)
         return time.monotonic() - start
 
     def validate(self, prompt_ids: list[int], params: GenerationParams) -> None:
@@ -99,6 +116,12 @@ class Engine:
             raise ValueError(
                 f"prompt: {len(prompt_ids)} prompt tokens + {params.padded_gen_length} answer tokens "
                 f"exceed the model's max_sequence_length {self.max_model_len}"
+            )
+        if self.pool.pages_for(total) > self.pool.num_pages:
+            raise ValueError(
+                f"prompt: {len(prompt_ids)} prompt tokens + {params.padded_gen_length} answer tokens need "
+                f"{self.pool.pages_for(total)} K/V cache pages of {self.pool.page_size} positions; the cache "
+                f"holds {self.pool.num_pages}"
             )
 
     def add_request(self, prompt_ids: list[int], params: GenerationParams, request_id: str | None = None) -> str:
@@ -144,25 +167,30 @@ class Engine:
             for seq in self.scheduler.admit():
                 self.runner.place(seq)
                 seq.block_started = time.monotonic()
-        groups = self.scheduler.groups()
-        self.stats.last_batch_size = sum(len(seqs) for _, _, seqs in groups)
-        self.stats.max_batch_size = max(self.stats.max_batch_size, self.stats.last_batch_size)
-        for kind, block_length, seqs in groups:
-            try:
-                outcomes, fstats = self.runner.step(kind, block_length, seqs)
-            except Exception as exc:  # a failed forward fails its group, not the engine
-                with self._lock:
-                    outputs.extend(self._finish(seq, "error", f"{type(exc).__name__}: {exc}") for seq in seqs)
-                continue
-            self.stats.forwards[kind.value] += 1
-            self.stats.rows += fstats.rows
-            self.stats.computed_positions += fstats.computed_positions
-            self.stats.attended_positions += fstats.attended_positions
-            for seq, outcome in zip(seqs, outcomes):
-                self.stats.committed_tokens += outcome.committed
-                block_output = self._advance(seq, outcome)
-                if block_output is not None:
-                    outputs.append(block_output)
+        batch = self.scheduler.batch()
+        self.stats.kv_cache_usage = 1 - self.pool.num_free / self.pool.num_pages
+        self.stats.last_batch_size = len(batch)
+        self.stats.max_batch_size = max(self.stats.max_batch_size, len(batch))
+        if not batch:
+            return outputs
+        kinds = [seq.kind.value for seq in batch]
+        try:
+            outcomes, fstats = self.runner.step(batch)
+        except Exception as exc:  # a failed forward fails its sequences, not the engine
+            with self._lock:
+                outputs.extend(self._finish(seq, "error", f"{type(exc).__name__}: {exc}") for seq in batch)
+            return outputs
+        self.stats.model_forwards += 1
+        self.stats.forwards.update(kinds)
+        self.stats.rows += fstats.rows
+        self.stats.computed_positions += fstats.computed_positions
+        self.stats.attended_positions += fstats.attended_positions
+        self.stats.graph_captures = self.runner.captures
+        for seq, outcome in zip(batch, outcomes):
+            self.stats.committed_tokens += outcome.committed
+            block_output = self._advance(seq, outcome)
+            if block_output is not None:
+                outputs.append(block_output)
         return outputs
 
     def _advance(self, seq: Sequence, outcome: RowOutcome) -> BlockOutput | None:

@@ -1,5 +1,7 @@
-"""ModelRunner: tensors in, committed tokens out. Owns the K/V cache and the token canvas
-of every slot; runs one batched forward for a group of sequences and one decoding step."""
+"""ModelRunner: tensors in, committed tokens out. Owns the paged K/V cache, the page table
+and token canvas of every seat, and runs one engine step: one forward over the packed query
+tokens of every running sequence (refreshes, prefix steps and dual steps of any block
+length together), then one decoding step over their blocks."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fastdllm_ray.decoding import RULE_FACTOR, RULE_FIXED, RULE_THRESHOLD, StepRules, num_to_commit
 from fastdllm_ray.decoding import predict, select_transfer
 from fastdllm_ray.decoding.select import confidence_of
-from fastdllm_ray.engine.cuda_graphs import StepGraphs
-from fastdllm_ray.engine.sequence import ForwardKind, Sequence
-from fastdllm_ray.model import CacheView, KVCache, LLaDAModel
+from fastdllm_ray.engine.cuda_graphs import BLOCK_BUCKETS, TOKEN_BUCKETS, StepGraphs, bucket, row_buckets
+from fastdllm_ray.engine.sequence import Sequence
+from fastdllm_ray.engine.step_inputs import (BLOCK_LEN, FIXED, NUM_COLUMNS, Q_LEN, SLOT, TOTAL, PackedStep, block_inputs,
+                                             body_inputs, pack_rows)
+from fastdllm_ray.model import LLaDAModel, PagedKVCache
 
 
 @dataclass
@@ -20,39 +23,6 @@ class RowOutcome:
     block_tokens: list[int]  # the block's tokens after this step
     remaining: int  # masked positions left in the block
     committed: int  # positions committed by this step
-
-
-@dataclass(frozen=True)
-class StepShape:
-    """What fixes the tensor shapes of one batched step: the key of its CUDA graph."""
-
-    kind: ForwardKind
-    rows: int
-    width: int  # input positions per row (padded)
-    kv_len: int  # keys attended: the longest sequence of the batch
-    block_length: int
-    slot_range: tuple[int, int] | None  # contiguous slots: the cache is read as a view
-    masked_keys: bool  # rows of different lengths: keys past a row's end are masked
-    sampling: bool  # temperature > 0 somewhere
-    random: bool  # random remasking somewhere
-
-    @property
-    def uses_generator(self) -> bool:  # its draws stay outside CUDA graphs
-        return self.sampling or self.random
-
-
-# columns of the per-row float64 input (exact for integers below 2**53)
-_START, _END, _BLOCK_START, _TOTAL, _SLOT, _RULE, _FIXED, _RANDOM, _THRESHOLD, _FACTOR, _TEMP = range(11)
-
-
-@dataclass
-class _StepInputs:
-    tokens: torch.Tensor  # [B, T] input tokens
-    positions: torch.Tensor  # [B, T] absolute positions of the input tokens, -1 = padding
-    view: CacheView
-    rules: StepRules
-    logits_index: torch.Tensor | None  # [B, block_length]: where the block sits in the input
-    block_pos: torch.Tensor  # [B, block_length]: the block's absolute positions
 
 
 @dataclass
@@ -63,108 +33,124 @@ class ForwardStats:
 
 
 class ModelRunner:
-    def __init__(self, model: LLaDAModel, num_slots: int, slot_len: int, seed: int = 0,
-                 cuda_graphs: bool = True, compile_blocks: bool = True) -> None:
+    def __init__(self, model: LLaDAModel, num_slots: int, max_model_len: int, num_pages: int, page_size: int,
+                 seed: int = 0, cuda_graphs: bool = True, compile_blocks: bool = True) -> None:
         cfg = model.config
         self.model = model
         self.device = model.device
         self.mask_id = cfg.mask_token_id
-        self.slot_len = slot_len
-        self.cache = KVCache(cfg.n_layers, num_slots, slot_len, cfg.n_kv_heads, cfg.head_dim,
-                             model.dtype, self.device)
-        self.arange = torch.arange(slot_len + 1, device=self.device)
-        self.canvas = torch.full((num_slots, slot_len + 1), self.mask_id, dtype=torch.long, device=self.device)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.num_slots = num_slots
+        self.max_model_len = max_model_len
+        self.cache = PagedKVCache(cfg.n_layers, num_pages, page_size, cfg.n_kv_heads, cfg.head_dim,
+                                  model.dtype, self.device)
+        self.page_table = torch.zeros(num_slots, -(-max_model_len // page_size), dtype=torch.int32,
+                                      device=self.device)
+        # one extra column: the scratch position that padded block entries read and write
+        self.canvas = torch.full((num_slots, max_model_len + 1), self.mask_id, dtype=torch.long, device=self.device)
+        self.rows = torch.zeros(num_slots, NUM_COLUMNS, dtype=torch.float64, device=self.device)
         on_cuda = self.device.type == "cuda"
+        # the host side of self.rows: pinned, so the one copy per step is asynchronous
+        self.rows_host = torch.zeros(num_slots, NUM_COLUMNS, dtype=torch.float64, pin_memory=on_cuda)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.confidence_fn = confidence_of
         if compile_blocks and on_cuda:
             model.compile_blocks()
             self.confidence_fn = torch.compile(confidence_of, dynamic=True)
-        # big full forwards are compute-bound (launches don't matter) and would pin memory
-        self.max_graph_tokens = 8192
         self.graphs = StepGraphs([self.canvas]) if cuda_graphs and on_cuda else None
+        # graphs cover steps up to the largest token bucket that a full engine can reach; a
+        # bigger step is compute-bound and runs eagerly
+        self.token_buckets = [b for b in TOKEN_BUCKETS if b <= num_slots * max_model_len]
+        self.hidden = None
+        if self.graphs is not None:
+            self.hidden = torch.zeros(self.token_buckets[-1], cfg.d_model, dtype=model.dtype, device=self.device)
+
+    @property
+    def captures(self) -> int:
+        return self.graphs.captures if self.graphs is not None else 0
 
     def place(self, seq: Sequence) -> None:
-        """Writes the prompt followed by masks into the sequence's slot."""
+        """Writes the prompt followed by masks into the sequence's seat, and its page table."""
         row = self.canvas[seq.slot]
         row.fill_(self.mask_id)
         row[: seq.prompt_len] = torch.tensor(seq.prompt_ids, dtype=torch.long, device=self.device)
+        self.page_table[seq.slot, : len(seq.pages)] = torch.tensor(seq.pages, dtype=torch.int32, device=self.device)
 
-    def _pack(self, kind: ForwardKind, block_length: int, seqs: list[Sequence]):
-        """The step's shape and its per-row inputs as one host tensor (one copy to the device)."""
-        rows, width, computed = [], 0, 0
-        for s in seqs:
-            p = s.params
-            start = 0 if kind is ForwardKind.FULL else s.block_start
-            end = s.block_start + block_length if kind is ForwardKind.DUAL else s.total_len
-            rule = RULE_THRESHOLD if p.threshold is not None else RULE_FACTOR if p.factor is not None else RULE_FIXED
-            rows.append((start, end, s.block_start, s.total_len, s.slot, rule,
-                         num_to_commit(s.step, block_length, p.steps_per_block), p.remasking == "random",
-                         p.threshold or 1.0, p.factor or 1.0, p.temperature))
-            width, computed = max(width, end - start), computed + end - start
-        lengths = [s.total_len for s in seqs]
-        slot_list = [s.slot for s in seqs]
-        contiguous = slot_list == list(range(slot_list[0], slot_list[0] + len(slot_list)))
-        shape = StepShape(kind, len(seqs), width, max(lengths), block_length,
-                          (slot_list[0], slot_list[-1] + 1) if contiguous else None, min(lengths) != max(lengths),
-                          any(s.params.temperature > 0 for s in seqs), any(s.params.remasking == "random" for s in seqs))
-        return shape, torch.tensor(rows, dtype=torch.float64), computed
+    # ---- the two halves of a step, reading self.rows ------------------------------------
+    def _body(self, n_tokens: int, host=None) -> torch.Tensor:
+        tokens, positions, paged = body_inputs(self.rows, n_tokens, self.canvas, self.page_table, self.cache, host)
+        return self.model.hidden_states(tokens, positions, paged)
 
-    def _inputs(self, shape: StepShape, packed: torch.Tensor) -> _StepInputs:
-        """Device-side index tensors of a step from its packed rows (no host sync: graphable)."""
-        cols = packed.unbind(1)
-        start, end, block_start, total, slots = (cols[i].long() for i in (_START, _END, _BLOCK_START, _TOTAL, _SLOT))
-        positions = start[:, None] + self.arange[None, : shape.width]
-        positions = positions.masked_fill(positions >= end[:, None], -1)
-        write_pos = positions.masked_fill(positions < 0, self.cache.scratch_position)
-        key_mask = None
-        if shape.masked_keys:
-            key_mask = (self.arange[None, : shape.kv_len] < total[:, None])[:, None, None, :]
-        view = CacheView(self.cache, slots, write_pos, shape.kv_len, key_mask, shape.slot_range)
-        rules = StepRules(
-            rule=cols[_RULE].long(), fixed_count=cols[_FIXED].long(), threshold=cols[_THRESHOLD],
-            factor=cols[_FACTOR], temperature=cols[_TEMP], random_remasking=cols[_RANDOM].bool(),
-            any_sampling=shape.sampling, any_random=shape.random,
-        )
-        block_offsets = self.arange[None, : shape.block_length]
-        logits_index = None  # a dual step's input is the block
-        if shape.kind is not ForwardKind.DUAL:
-            logits_index = (block_start - start)[:, None] + block_offsets
-        tokens = self.canvas[slots[:, None], positions.clamp(min=0)]
-        return _StepInputs(tokens, positions, view, rules, logits_index, block_start[:, None] + block_offsets)
+    def _body_into_buffer(self, n_tokens: int) -> None:
+        self.hidden[:n_tokens].copy_(self._body(n_tokens))
 
-    def _forward(self, shape: StepShape, packed: torch.Tensor) -> tuple[_StepInputs, torch.Tensor]:
-        inputs = self._inputs(shape, packed)
-        return inputs, self.model(inputs.tokens, inputs.positions, view=inputs.view, logits_index=inputs.logits_index)
-
-    def _decode(self, inputs: _StepInputs, logits: torch.Tensor) -> torch.Tensor:
-        """Commits this step's tokens into the canvas; [B, block + 2]: block, remaining, committed."""
-        slots, block_pos = inputs.view.slots, inputs.block_pos
-        current = self.canvas[slots[:, None], block_pos]
-        masked = current == self.mask_id
+    def _decide(self, hidden: torch.Tensor, n_rows: int, width: int, sampling: bool, random: bool) -> torch.Tensor:
+        """Decodes one step of each row's block; [rows, width + 2]: block, remaining, committed."""
+        inputs = block_inputs(self.rows[:n_rows], width, self.max_model_len, sampling, random)
+        logits = self.model.logits(hidden[inputs.hidden_index.reshape(-1)]).view(n_rows, width, -1)
+        current = self.canvas[inputs.slots[:, None], inputs.canvas_pos]
+        masked = (current == self.mask_id) & inputs.in_block
         x0, confidence = predict(logits, inputs.rules, self.generator, self.confidence_fn, self.mask_id)
         chosen = select_transfer(confidence, masked, inputs.rules)
         updated = torch.where(chosen, x0, current)
-        self.canvas[slots[:, None], block_pos] = updated
-        remaining = (updated == self.mask_id).sum(dim=1, keepdim=True)
+        self.canvas[inputs.slots[:, None], inputs.canvas_pos] = updated
+        remaining = (masked & ~chosen).sum(dim=1, keepdim=True)
         return torch.cat([updated, remaining, chosen.sum(dim=1, keepdim=True)], dim=1)
 
-    def _whole_step(self, shape: StepShape, packed: torch.Tensor) -> torch.Tensor:
-        return self._decode(*self._forward(shape, packed))
-
+    # ---- a step ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self, kind: ForwardKind, block_length: int, seqs: list[Sequence]):
-        """One forward and one decoding step for seqs; returns per-row outcomes and stats."""
-        shape, packed, computed = self._pack(kind, block_length, seqs)
-        packed = packed.to(self.device)
-        graphs = self.graphs if shape.rows * shape.width <= self.max_graph_tokens else None
-        if graphs is None:
-            result = self._whole_step(shape, packed)
-        elif not shape.uses_generator:  # forward and decoding in one graph
-            result = graphs(("step", shape), lambda p: self._whole_step(shape, p), packed)
-        else:  # the generator's draws stay outside the graph; it hands back its inputs and logits
-            result = self._decode(*graphs(("forward", shape), lambda p: self._forward(shape, p), packed))
-        packed_rows = result.tolist()  # the one host sync
-        outcomes = [RowOutcome(row[:block_length], row[block_length], row[block_length + 1]) for row in packed_rows]
-        stats = ForwardStats(len(seqs), computed, sum(s.total_len for s in seqs))
-        return outcomes, stats
+    def step(self, seqs: list[Sequence]):
+        """One forward and one decoding step for every sequence in seqs; returns per-row
+        outcomes and stats."""
+        packed = pack_rows(seqs, self.rows_host)
+        self.rows.copy_(self.rows_host, non_blocking=True)  # the host buffer is rewritten after this step's sync
+        result = self._run(packed)
+        rows = result[: packed.n_rows].tolist()  # the one host sync
+        outcomes = [RowOutcome(row[: s.block_length], row[-2], row[-1]) for s, row in zip(seqs, rows)]
+        return outcomes, ForwardStats(len(seqs), packed.n_tokens, packed.attended)
+
+    def _run(self, packed: PackedStep) -> torch.Tensor:
+        n_tokens = bucket(packed.n_tokens, self.token_buckets) if self.graphs is not None else None
+        if n_tokens is None:  # CPU, graphs off, or a step too big to need them
+            hidden = self._body(packed.n_tokens, host=self._host_lengths(packed))
+            return self._decide(hidden, packed.n_rows, packed.max_block, packed.sampling, packed.random)
+        self.graphs(("forward", n_tokens), lambda: self._body_into_buffer(n_tokens))
+        width = bucket(packed.max_block, BLOCK_BUCKETS)
+        if width is None or packed.sampling or packed.random:  # the generator's draws stay outside graphs
+            return self._decide(self.hidden, packed.n_rows, width or packed.max_block, packed.sampling, packed.random)
+        n_rows = bucket(packed.n_rows, row_buckets(self.num_slots))
+        return self.graphs(("decide", n_rows, width), lambda: self._decide(self.hidden, n_rows, width, False, False))
+
+    def _host_lengths(self, packed: PackedStep) -> tuple[list[int], list[int]] | None:
+        """cu_q and kv_len as lists for the CPU attention path (saves device->host reads)."""
+        if self.device.type == "cuda":
+            return None
+        cu = [0]
+        for n in packed.rows[:, Q_LEN].long().tolist():
+            cu.append(cu[-1] + n)
+        return cu, packed.rows[:, TOTAL].long().tolist()
+
+    # ---- warm-up ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def capture_graphs(self) -> int:
+        """Captures every bucket's graphs before traffic (the engine must be empty: synthetic
+        rows run over seat 0.. and page 0). Returns the number captured."""
+        if self.graphs is None:
+            return 0
+        before = self.graphs.captures
+        for n_tokens in self.token_buckets:
+            self.rows.zero_()
+            left = n_tokens
+            for r in range(self.num_slots):
+                length = min(left, self.max_model_len)
+                self.rows[r, Q_LEN], self.rows[r, TOTAL], self.rows[r, SLOT] = length, length, r
+                left -= length
+            self.graphs(("forward", n_tokens), lambda n=n_tokens: self._body_into_buffer(n))
+        for width in [w for w in BLOCK_BUCKETS if w <= self.max_model_len]:
+            for n_rows in row_buckets(self.num_slots):
+                self.rows.zero_()
+                self.rows[:n_rows, BLOCK_LEN], self.rows[:n_rows, FIXED] = width, 1
+                self.rows[:n_rows, SLOT] = torch.arange(n_rows, dtype=torch.float64)
+                self.graphs(("decide", n_rows, width),
+                            lambda r=n_rows, w=width: self._decide(self.hidden, r, w, False, False))
+        self.rows.zero_()
+        return self.graphs.captures - before

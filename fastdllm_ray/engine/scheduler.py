@@ -1,11 +1,12 @@
-"""Scheduler: admission into a bounded set of cache slots, a bounded waiting queue, and
-the grouping of running sequences into batched forwards."""
+"""Scheduler: admission into a bounded set of seats and the K/V page pool, a bounded waiting
+queue, and the running batch (every running sequence shares one forward per step)."""
 
 from __future__ import annotations
 
 from collections import deque
 
-from fastdllm_ray.engine.sequence import ForwardKind, Sequence, Status
+from fastdllm_ray.engine.page_pool import PagePool
+from fastdllm_ray.engine.sequence import Sequence, Status
 
 
 class QueueFullError(RuntimeError):
@@ -13,9 +14,15 @@ class QueueFullError(RuntimeError):
 
 
 class Scheduler:
-    def __init__(self, num_slots: int, max_queue: int) -> None:
+    """A waiting request is admitted, first come first served, when a seat (a row of the token
+    canvas) is free and the pool has every page its sequence will need; the queue's head waits
+    for pages rather than being overtaken, so a long request is never starved by short ones."""
+
+    def __init__(self, num_slots: int, max_queue: int, pool: PagePool) -> None:
         self.free_slots = list(range(num_slots))
         self.max_queue = max_queue
+        self.max_running = num_slots  # may be lowered at run time (generate's max_batch_size)
+        self.pool = pool
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -25,12 +32,16 @@ class Scheduler:
         self.waiting.append(seq)
 
     def admit(self) -> list[Sequence]:
-        """Moves waiting sequences into free slots (lowest slot first, so batches stay compact)."""
+        """Moves waiting sequences into free seats with their pages (lowest seat first)."""
         admitted = []
-        while self.waiting and self.free_slots:
-            seq = self.waiting.popleft()
+        while self.waiting and self.free_slots and len(self.running) < self.max_running:
+            seq = self.waiting[0]
+            if not self.pool.can_allocate(seq.total_len):
+                break
+            self.waiting.popleft()
             self.free_slots.sort()
             seq.slot = self.free_slots.pop(0)
+            seq.pages = self.pool.allocate(seq.total_len)
             seq.status = Status.RUNNING
             self.running.append(seq)
             admitted.append(seq)
@@ -40,16 +51,15 @@ class Scheduler:
         if seq in self.running:
             self.running.remove(seq)
             self.free_slots.append(seq.slot)
+            self.pool.free(seq.pages)
+            seq.pages = []
         elif seq in self.waiting:
             self.waiting.remove(seq)
         seq.slot = None
 
-    def groups(self) -> list[tuple[ForwardKind, int, list[Sequence]]]:
-        """Running sequences that can share one forward: same kind, same block length."""
-        by_key: dict[tuple[ForwardKind, int], list[Sequence]] = {}
-        for seq in self.running:
-            by_key.setdefault((seq.kind, seq.block_length), []).append(seq)
-        return [(kind, bl, sorted(seqs, key=lambda s: s.slot)) for (kind, bl), seqs in by_key.items()]
+    def batch(self) -> list[Sequence]:
+        """The running sequences in seat order: one forward runs them all."""
+        return sorted(self.running, key=lambda s: s.slot)
 
     @property
     def num_running(self) -> int:

@@ -27,7 +27,8 @@ class Sequence:
     prompt_ids: list[int]
     params: GenerationParams
     status: Status = Status.WAITING
-    slot: int | None = None
+    slot: int | None = None  # seat: the row of the token canvas
+    pages: list[int] = field(default_factory=list)  # K/V cache pages, held from admission to the end
     block: int = 0  # index of the block being decoded
     step: int = 0  # forwards already run inside the current block
     nfe: int = 0

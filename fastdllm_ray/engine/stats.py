@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 
 @dataclass
 class EngineStats:
-    forwards: Counter = field(default_factory=Counter)  # by kind: full / prefix / dual
+    forwards: Counter = field(default_factory=Counter)  # sequence-forwards by kind: full / prefix / dual
     rows: int = 0  # sequence-forwards (the sum of NFE over requests)
+    model_forwards: int = 0  # batched forwards run (one per engine step with live sequences)
+    graph_captures: int = 0  # CUDA graphs captured so far (bounded: one per size bucket)
+    kv_cache_usage: float = 0.0  # share of K/V cache pages held by live sequences
     computed_positions: int = 0
     attended_positions: int = 0
     committed_tokens: int = 0

@@ -2,8 +2,8 @@
 
 from fastdllm_ray.model.checkpoint import load_model, load_tokenizer, save_checkpoint
 from fastdllm_ray.model.config import LLaDAConfig
-from fastdllm_ray.model.kv_cache import CacheView, KVCache
+from fastdllm_ray.model.kv_cache import PagedForward, PagedKVCache
 from fastdllm_ray.model.llada import LLaDAModel
 from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME, default_model_path
 
-__all__ = ["DEFAULT_MODEL_NAME", "default_model_path", "CacheView", "KVCache", "LLaDAConfig", "LLaDAModel", "load_model", "load_tokenizer", "save_checkpoint"]
+__all__ = ["DEFAULT_MODEL_NAME", "default_model_path", "PagedForward", "PagedKVCache", "LLaDAConfig", "LLaDAModel", "load_model", "load_tokenizer", "save_checkpoint"]

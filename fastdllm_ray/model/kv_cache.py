@@ -1,14 +1,15 @@
-"""KVCache: preallocated keys and values for a fixed number of sequence slots.
+"""PagedKVCache: the keys and values of every live sequence, in fixed-size pages of one pool.
 
-Keys are stored after RoPE at their absolute positions, so a cached key is the same
-number the reference recomputes each step. Every forward first writes the K/V of the
-tokens it computes into their slot at their positions (in place, as the reference's
-dual cache does), then attends over the slot's first `kv_len` positions. One extra
-column past `slot_len` absorbs the writes of padding rows.
+Keys are stored after RoPE at their absolute positions, so a cached key is the same number
+the reference recomputes each step. A sequence's position p lives in page
+page_table[p // page_size], at offset p % page_size; pages are handed out by the engine's
+PagePool when a sequence is admitted and returned when it ends. Every forward first writes
+the K/V of the tokens it computes (in place, as the reference's dual cache does), then each
+row attends over its own pages (model/paged_attention.py).
 
-Layout [layer, slot, position, head, dim]: one token's K (or V) is one contiguous row of
-heads x dim, so a write is a single row copy per token (`index_copy_`), and attention
-reads the slot's positions as a strided [head, position, dim] view.
+Layout [layer, page, offset, head, dim]: one token's K (or V) is one contiguous row of
+heads x dim, so a write is a single row copy per token at row page * page_size + offset
+(`rows`). One extra page past `num_pages` absorbs the writes of padding tokens.
 """
 
 from __future__ import annotations
@@ -17,67 +18,51 @@ from dataclasses import dataclass
 
 import torch
 
+from fastdllm_ray.model.paged_attention import PagedBatch
 
-class KVCache:
-    def __init__(
-        self,
-        n_layers: int,
-        num_slots: int,
-        slot_len: int,
-        n_kv_heads: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device | str,
-    ) -> None:
-        shape = (n_layers, num_slots, slot_len + 1, n_kv_heads, head_dim)
-        # zeros, not empty: padded keys are masked, but NaN garbage would leak through 0 * NaN.
+
+class PagedKVCache:
+    def __init__(self, n_layers: int, num_pages: int, page_size: int, n_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str) -> None:
+        shape = (n_layers, num_pages + 1, page_size, n_kv_heads, head_dim)
+        # zeros, not empty: a padding query may read a page nobody wrote, and NaN garbage
+        # would not stay in its own row through 0 * NaN
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.num_slots = num_slots
-        self.slot_len = slot_len
+        self.num_pages = num_pages
+        self.page_size = page_size
 
     @property
-    def scratch_position(self) -> int:
-        return self.slot_len
+    def scratch_row(self) -> int:
+        """The flat row that padding tokens write to (the extra page)."""
+        return self.num_pages * self.page_size
+
+    @property
+    def bytes_per_token(self) -> int:
+        return 2 * self.k[:, 0, 0].numel() * self.k.element_size()
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s pools, [pages + 1, page_size, heads, dim] each."""
+        return self.k[layer], self.v[layer]
 
     def rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `layer`'s keys and values as [slot * (slot_len + 1) + position, heads * dim]."""
+        """Layer `layer`'s keys and values as [page * page_size + offset, heads * dim]."""
         width = self.k.shape[-2] * self.k.shape[-1]
         return self.k[layer].view(-1, width), self.v[layer].view(-1, width)
 
 
 @dataclass
-class CacheView:
-    """Where one batched forward writes and reads its K/V.
+class PagedForward:
+    """What a cached forward needs besides tokens and positions: where each input token's
+    K/V goes (`write_rows` [N], flat rows of `PagedKVCache.rows`) and which pages each
+    row of queries reads (`batch`)."""
 
-    slots: [B] slot of each row; write_pos: [B, T] absolute position of each input token
-    (padding rows point at the scratch column); kv_len: keys attended (max sequence length
-    of the batch); key_mask: [B, 1, 1, kv_len] bool, or None when every key is valid.
-    """
+    cache: PagedKVCache
+    write_rows: torch.Tensor
+    batch: PagedBatch
 
-    cache: KVCache
-    slots: torch.Tensor
-    write_pos: torch.Tensor
-    kv_len: int
-    key_mask: torch.Tensor | None
-    slot_range: tuple[int, int] | None = None  # contiguous slots: read a view, no gather
-
-    def flat_rows(self) -> torch.Tensor:
-        """[B * T] cache row of each input token (see KVCache.rows); computed once a forward."""
-        return (self.slots[:, None] * (self.cache.slot_len + 1) + self.write_pos).reshape(-1)
-
-    def write(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: [B, T, H, D] for the input tokens, stored at `rows` (from flat_rows())."""
-        kc, vc = self.cache.rows(layer)
-        kc.index_copy_(0, rows, k.reshape(rows.shape[0], -1))
-        vc.index_copy_(0, rows, v.reshape(rows.shape[0], -1))
-
-    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, H, kv_len, D] keys and values of the rows' slots."""
-        kc, vc = self.cache.k[layer], self.cache.v[layer]
-        if self.slot_range is not None:
-            lo, hi = self.slot_range
-            keys, values = kc[lo:hi, : self.kv_len], vc[lo:hi, : self.kv_len]
-        else:
-            keys, values = kc[self.slots, : self.kv_len], vc[self.slots, : self.kv_len]
-        return keys.transpose(1, 2), values.transpose(1, 2)
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [N, H_kv, D] for the input tokens."""
+        k_rows, v_rows = self.cache.rows(layer)
+        k_rows.index_copy_(0, self.write_rows, k.reshape(self.write_rows.shape[0], -1))
+        v_rows.index_copy_(0, self.write_rows, v.reshape(self.write_rows.shape[0], -1))

@@ -1,9 +1,11 @@
 """The LLaDA network: a bidirectional Llama-style transformer, parameter names as in the
 real checkpoint (`transformer.blocks.N.q_proj` ...), written for batched diffusion decoding.
 
-Positions are explicit ([B, T], -1 for padding) so sequences of different lengths share a
-batch; with a CacheView the forward writes its K/V into the cache and attends over the
-cached sequence; `logits_index` restricts the output head to the positions being decided.
+Two ways in. `forward(tokens [B, T], positions)`: a plain forward, each row attending to its
+own tokens (padding = position -1). `hidden_states(tokens [N], positions [N], paged)`: the
+engine's cached forward, the query tokens of many sequences packed into one row, each
+writing its K/V into the paged cache and attending to its own sequence's pages; `logits`
+then applies the output head to the positions being decided.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from torch import nn
 
 from fastdllm_ray.model import rope_write
 from fastdllm_ray.model.config import LLaDAConfig
-from fastdllm_ray.model.kv_cache import CacheView
+from fastdllm_ray.model.kv_cache import PagedForward
+from fastdllm_ray.model.paged_attention import paged_attention
 
 
 class RMSNorm(nn.Module):
@@ -123,30 +126,34 @@ class LLaDABlock(nn.Module):
                 offset += rows
             setattr(self, attr, (fused,))
 
-    def forward(self, x, sin, cos, view: CacheView | None, key_mask, layer: int, rows=None) -> torch.Tensor:
-        """rows: the view's flat_rows(), computed once per forward by the model."""
+    def forward(self, x, sin, cos, layer: int, key_mask=None, paged: PagedForward | None = None) -> torch.Tensor:
+        """x [B, T, d]. Plain (paged None): each row attends to its own tokens, `key_mask`
+        hiding padding. Paged (B = 1, the packed queries): K/V written to the cache first,
+        then each sequence's queries attend to its pages."""
         cfg = self.cfg
         B, T, _ = x.shape
         qkv = self.fused_qkv or (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
-        if view is not None and self.ops.normed_projection is not None and self.fused_qkv:
+        if paged is not None and self.ops.normed_projection is not None and self.fused_qkv:
             qkv_out = self.ops.normed_projection(x, self.attn_norm.weight, cfg.rms_norm_eps, self.fused_qkv[0])
-            q = rope_write.rope_and_write(qkv_out, sin, cos, *view.cache.rows(layer), rows, cfg.n_heads,
-                                          cfg.n_kv_heads)
-            keys, values = view.read(layer)
+            q = rope_write.rope_and_write(qkv_out, sin, cos, *paged.cache.rows(layer), paged.write_rows,
+                                          cfg.n_heads, cfg.n_kv_heads)
         else:
             q, k, v = self.ops.attention_inputs(
                 x, self.attn_norm.weight, cfg.rms_norm_eps, qkv, sin, cos, cfg.n_heads, cfg.n_kv_heads)
-            if view is None:
-                keys, values = k.transpose(1, 2), v.transpose(1, 2)
-            else:
-                view.write(layer, rows, k, v)
-                keys, values = view.read(layer)
-        if cfg.n_kv_heads != cfg.n_heads:
-            repeat = cfg.n_heads // cfg.n_kv_heads
-            keys = keys.repeat_interleave(repeat, dim=1)
-            values = values.repeat_interleave(repeat, dim=1)
-        attn = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=key_mask)
-        attn = attn.transpose(1, 2).reshape(B, T, cfg.d_model)
+            if paged is not None:
+                paged.write(layer, k, v)
+        if paged is not None:
+            attn = paged_attention(q.reshape(B * T, cfg.n_heads, cfg.head_dim), *paged.cache.layer(layer),
+                                   paged.batch)
+        else:
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)
+            if cfg.n_kv_heads != cfg.n_heads:
+                repeat = cfg.n_heads // cfg.n_kv_heads
+                keys = keys.repeat_interleave(repeat, dim=1)
+                values = values.repeat_interleave(repeat, dim=1)
+            attn = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=key_mask)
+            attn = attn.transpose(1, 2)
+        attn = attn.reshape(B, T, cfg.d_model)
         gate_up = self.fused_gate_up or (self.ff_proj.weight, self.up_proj.weight)
         return self.ops.attention_out_and_mlp(
             x, attn, self.attn_out.weight, self.ff_norm.weight, cfg.rms_norm_eps, gate_up, self.ff_out.weight)
@@ -201,33 +208,33 @@ class LLaDAModel(nn.Module):
             return F.linear(x, self.transformer["wte"].weight)
         return self.transformer["ff_out"](x)
 
-    @torch.inference_mode()
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        view: CacheView | None = None,
-        logits_index: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits [B, T or n, V] for tokens [B, T] at positions [B, T] (-1 = padding).
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head over final hidden states [..., d]."""
+        return self.head(self.transformer["ln_f"](hidden))
 
-        Without a view, the tokens attend to each other (a plain full forward, padding
-        masked); with one, they attend to the cached sequence after writing their own K/V.
-        """
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                logits_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T or n, V] for tokens [B, T] at positions [B, T] (-1 = padding): a plain
+        forward with no cache, each row's tokens attending to each other."""
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device).expand(B, T)
-        if view is not None:
-            key_mask = view.key_mask
-        elif bool((positions < 0).any()):
-            key_mask = (positions >= 0)[:, None, None, :]
-        else:
-            key_mask = None
+        key_mask = (positions >= 0)[:, None, None, :] if bool((positions < 0).any()) else None
         sin, cos = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
-        rows = None if view is None else view.flat_rows()
         x = self.transformer["wte"](tokens)
         for layer, block in enumerate(self.transformer["blocks"]):
-            x = block(x, sin, cos, view, key_mask, layer, rows)
+            x = block(x, sin, cos, layer, key_mask=key_mask)
         if logits_index is not None:
             x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
-        return self.head(self.transformer["ln_f"](x))
+        return self.logits(x)
+
+    @torch.inference_mode()
+    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, paged: PagedForward) -> torch.Tensor:
+        """Final hidden states [N, d] (before the last norm) of packed query tokens [N] at
+        absolute positions [N], through the paged cache (see PagedForward)."""
+        sin, cos = rope_tables(positions[None], self.config.head_dim, self.config.rope_theta)
+        x = self.transformer["wte"](tokens)[None]
+        for layer, block in enumerate(self.transformer["blocks"]):
+            x = block(x, sin, cos, layer, paged=paged)
+        return x[0]

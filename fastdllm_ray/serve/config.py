@@ -15,11 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class EngineSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_num_seqs: int = Field(16, ge=1, description="live sequences per replica (K/V cache slots)")
+    max_num_seqs: int = Field(16, ge=1, description="live sequences per replica (seats of the batch)")
     max_model_len: Optional[int] = Field(None, ge=2, description="prompt + answer tokens per sequence")
     max_queue: int = Field(64, ge=1, description="waiting requests per replica before 503")
-    warm_up: bool = Field(True, description="decode a few short requests at replica start, so the first "
-                          "real ones do not pay for compilation and CUDA graph capture")
+    page_size: int = Field(64, ge=16, description="positions per K/V cache page (a power of two)")
+    num_pages: Optional[int] = Field(None, ge=1, description="K/V cache pages per replica; default: "
+                                     "max_num_seqs sequences of max_model_len")
+    warm_up: bool = Field(True, description="capture every CUDA graph and compile before traffic, so no "
+                          "request pays for compilation or capture")
 
 
 class AutoscalingSettings(BaseModel):

@@ -10,7 +10,10 @@ SessionName, Version, WorkerId, otel_scope_*). Names as scraped, with our labels
   ray_fastdllm_prompt_tokens_total{model,replica}          counter  prompt tokens of finished requests
   ray_fastdllm_generated_tokens_total{model,replica}       counter  answer tokens produced
   ray_fastdllm_nfe_total{model,replica}                    counter  forward evaluations (sequence-forwards)
-  ray_fastdllm_forwards_total{model,replica,kind}          counter  batched forwards; kind = full | prefix | dual
+  ray_fastdllm_forwards_total{model,replica,kind}          counter  sequence-forwards by kind = full | prefix | dual
+  ray_fastdllm_model_forwards_total{model,replica}         counter  batched forwards (one per engine step: all kinds share it)
+  ray_fastdllm_graph_captures_total{model,replica}         counter  CUDA graphs captured (warm-up captures them all)
+  ray_fastdllm_kv_cache_usage{model,replica}               gauge    share of K/V cache pages held
   ray_fastdllm_tokens_per_forward{model,replica}           gauge    tokens committed per sequence-forward
   ray_fastdllm_cache_hit_rate{model,replica}               gauge    cached / attended key positions
   ray_fastdllm_batch_size{model,replica}                   gauge    sequences in the latest engine step
@@ -58,7 +61,10 @@ class ReplicaMetrics:
         self.prompt_tokens = make(Counter, "fastdllm_prompt_tokens_total", "prompt tokens")
         self.generated_tokens = make(Counter, "fastdllm_generated_tokens_total", "generated answer tokens")
         self.nfe = make(Counter, "fastdllm_nfe_total", "forward evaluations (sequence-forwards)")
-        self.forwards = make(Counter, "fastdllm_forwards_total", "batched model forwards by kind", ("kind",))
+        self.forwards = make(Counter, "fastdllm_forwards_total", "sequence-forwards by kind", ("kind",))
+        self.model_forwards = make(Counter, "fastdllm_model_forwards_total", "batched forwards (one per step)")
+        self.graph_captures = make(Counter, "fastdllm_graph_captures_total", "CUDA graphs captured")
+        self.kv_cache_usage = make(Gauge, "fastdllm_kv_cache_usage", "share of K/V cache pages held")
         self.tokens_per_forward = make(Gauge, "fastdllm_tokens_per_forward", "tokens committed per sequence-forward")
         self.cache_hit_rate = make(Gauge, "fastdllm_cache_hit_rate", "attended key positions served from cache")
         self.batch_size = make(Gauge, "fastdllm_batch_size", "sequences in the latest engine step")
@@ -69,7 +75,7 @@ class ReplicaMetrics:
                          boundaries=LATENCY_BOUNDARIES_S)
         self.latency = make(Histogram, "fastdllm_request_latency_seconds", "arrival to last block",
                             boundaries=LATENCY_BOUNDARIES_S)
-        self._forwards_seen: dict[str, int] = {}
+        self._forwards_seen: dict[tuple[str, str | None], int] = {}  # counter -> engine count already exported
 
     def observe_refusal(self, status: str) -> None:
         self.requests.inc(1, tags={"status": status})
@@ -93,11 +99,14 @@ class ReplicaMetrics:
         self.peak_batch_size.set(stats.max_batch_size)
         self.running.set(running)
         self.queue_length.set(waiting)
-        for kind, count in list(stats.forwards.items()):
-            new = count - self._forwards_seen.get(kind, 0)
+        self.kv_cache_usage.set(stats.kv_cache_usage)
+        counts = {("forwards", kind): count for kind, count in list(stats.forwards.items())}
+        counts.update({("model_forwards", None): stats.model_forwards, ("graph_captures", None): stats.graph_captures})
+        for (name, kind), count in counts.items():  # counters advance by what the engine did since
+            new = count - self._forwards_seen.get((name, kind), 0)
             if new > 0:
-                self.forwards.inc(new, tags={"kind": kind})
-                self._forwards_seen[kind] = count
+                getattr(self, name).inc(new, tags={"kind": kind} if kind else None)
+                self._forwards_seen[(name, kind)] = count
 
 
 class GaugeSampler:

@@ -58,7 +58,8 @@ class EngineReplica:
         settings = self.config.engine
         engine = Engine(model, EngineConfig(max_num_seqs=settings.max_num_seqs,
                                             max_model_len=settings.max_model_len,
-                                            max_queue=settings.max_queue, seed=self.config.seed))
+                                            max_queue=settings.max_queue, seed=self.config.seed,
+                                            page_size=settings.page_size, num_pages=settings.num_pages))
         warm_s = engine.warm_up() if settings.warm_up else 0.0
         self.engine = AsyncEngine(engine)
         try:
@@ -67,8 +68,9 @@ class EngineReplica:
             replica = f"local-{os.getpid()}"
         self.metrics = ReplicaMetrics(served_model_name(self.config), replica)
         self._sampler = GaugeSampler(self._sample_gauges)
-        logger.info("engine replica %s: %s on %s, %d slots x %d tokens, warm-up %.1f s", replica,
-                    resolve_model(self.config), device, settings.max_num_seqs, engine.max_model_len, warm_s)
+        logger.info("engine replica %s: %s on %s, %d seats, %d tokens each at most, %d K/V pages of %d, "
+                    "warm-up %.1f s", replica, resolve_model(self.config), device, settings.max_num_seqs,
+                    engine.max_model_len, engine.pool.num_pages, engine.pool.page_size, warm_s)
 
     def _sample_gauges(self) -> None:
         engine = self.engine.engine
@@ -108,7 +110,8 @@ class EngineReplica:
             "forwards": dict(s.forwards), "nfe": s.rows, "committed_tokens": s.committed_tokens,
             "tokens_per_forward": s.tokens_per_forward, "cache_hit_rate": s.cache_hit_rate,
             "finished": dict(s.finished), "loop_failures": self.engine.loop_failures,
-            "max_model_len": engine.max_model_len,
+            "max_model_len": engine.max_model_len, "graph_captures": s.graph_captures,
+            "kv_cache_usage": s.kv_cache_usage,
         }
 
     def check_health(self) -> None:

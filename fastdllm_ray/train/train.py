@@ -117,7 +117,7 @@ def train_forward(model: LLaDAModel, tokens: torch.Tensor, valid: torch.Tensor) 
     x = model.transformer["wte"](tokens)
     key_mask = valid[:, None, None, :]
     for layer, block in enumerate(model.transformer["blocks"]):
-        x = block(x, sin, cos, None, key_mask, layer)
+        x = block(x, sin, cos, layer, key_mask)
     return model.head(model.transformer["ln_f"](x))
 
 

@@ -1,6 +1,7 @@
 """On CUDA (run through the device tool; skipped elsewhere): the engine with CUDA graphs,
-torch.compile'd blocks and the fused RoPE/cache kernel decodes what the eager engine and
-the Fast-dLLM reference decode, on the refdata checkpoint in float32."""
+torch.compile'd blocks, the fused RoPE/cache kernel and the paged attention kernel decodes
+what the eager engine and the Fast-dLLM reference decode, on the refdata checkpoint in
+float32, also when requests join while others run."""
 
 from __future__ import annotations
 
@@ -27,6 +28,25 @@ def run(model, prompts, params, **config) -> list:
     ids = [engine.add_request(p, q) for p, q in zip(prompts, params)]
     results = run_to_end(engine)
     return [results[i] for i in ids]
+
+
+def run_staggered(model, prompts, params, every: int, warm_up: bool = False, **config) -> list:
+    """Adds request i at engine step i * every (later ones join mid-run), with fewer seats than
+    requests so some also wait for a seat; returns the results in request order."""
+    longest = max(len(p) + q.padded_gen_length for p, q in zip(prompts, params))
+    engine = Engine(model, EngineConfig(max_num_seqs=8, max_model_len=longest, max_queue=len(prompts), **config))
+    if warm_up:
+        engine.warm_up(block_length=8)
+    engine.captures_after_warm_up = engine.runner.captures
+    ids, results, step = [], {}, 0
+    while len(ids) < len(prompts) or engine.has_unfinished():
+        if step % every == 0 and len(ids) < len(prompts):
+            ids.append(engine.add_request(prompts[len(ids)], params[len(ids)]))
+        for out in engine.step():
+            if out.finished:
+                results[out.request_id] = out.result
+        step += 1
+    return [results[i] for i in ids], engine
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> float:
@@ -67,3 +87,12 @@ def test_sampling_rows_share_a_graphed_batch(cuda_model):
     graphed = run(cuda_model, prompts, params, seed=3)
     assert agreement([r.token_ids for r in graphed], [r.token_ids for r in eager]) >= 0.99
     assert all(cuda_model.config.mask_token_id not in r.token_ids for r in graphed)
+
+
+def test_requests_joining_mid_run_decode_what_the_eager_engine_does(cuda_model):
+    prompts, params = [c["prompt"] for c in CASES], [params_of(c) for c in CASES]
+    eager, _ = run_staggered(cuda_model, prompts, params, every=3, cuda_graphs=False, compile_blocks=False)
+    graphed, engine = run_staggered(cuda_model, prompts, params, every=3, warm_up=True)
+    assert agreement([r.token_ids for r in graphed], [r.token_ids for r in eager]) >= 0.99
+    assert agreement([r.token_ids for r in graphed], [c["output"] for c in CASES]) >= 0.99
+    assert engine.runner.captures == engine.captures_after_warm_up > 0  # no capture beyond warm-up's

@@ -117,10 +117,11 @@ def test_stats_count_forwards_tokens_and_cache_hits(ref_model, reference, cache)
     assert stats.rows == sum(r.nfe for r in results) == 3 * 32
     assert stats.committed_tokens == 3 * 32 and stats.tokens_per_forward == 1.0
     assert stats.max_batch_size == 3 and stats.finished == {"length": 3}
+    assert stats.model_forwards == 32  # the three sequences share every forward
     if cache == "none":
         assert set(stats.forwards) == {"full"} and stats.cache_hit_rate == 0.0
-    else:  # one refresh per block per batch, block steps served from the cache in between
-        assert stats.forwards["full"] == 4 and stats.forwards[cache] == 4 * 7
+    else:  # one refresh per block per sequence, block steps served from the cache in between
+        assert stats.forwards["full"] == 3 * 4 and stats.forwards[cache] == 3 * 4 * 7
         assert stats.cache_hit_rate > (0.5 if cache == "dual" else 0.05)
 
 

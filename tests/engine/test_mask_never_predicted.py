@@ -23,8 +23,11 @@ class MaskFirstModel(torch.nn.Module):
     device = property(lambda self: self.inner.device)
     dtype = property(lambda self: self.inner.dtype)
 
-    def forward(self, *args, **kwargs):
-        logits = self.inner(*args, **kwargs)
+    def hidden_states(self, *args, **kwargs):
+        return self.inner.hidden_states(*args, **kwargs)
+
+    def logits(self, hidden):
+        logits = self.inner.logits(hidden)
         logits[..., self.config.mask_token_id] += 1e4
         return logits
 

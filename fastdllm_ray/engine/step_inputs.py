@@ -1,0 +1,115 @@
+"""One engine step as tensors: every running sequence's query span packed into one row of
+tokens, and the block each sequence is deciding.
+
+The host packs one float64 row of numbers per sequence (`pack_rows`: one copy to the device);
+everything per token (positions, tokens, cache rows, attention tiles) and per block position
+is derived from it on the device (`body_inputs`, `block_inputs`). So a CUDA graph captured for
+a number of tokens replays correctly whatever the sequences' lengths, kinds, positions,
+pages and block offsets are: they are data the graph reads, not shapes it was built for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fastdllm_ray.decoding import RULE_FACTOR, RULE_FIXED, RULE_THRESHOLD, StepRules, num_to_commit
+from fastdllm_ray.engine.sequence import ForwardKind, Sequence
+from fastdllm_ray.model import PagedForward, PagedKVCache
+from fastdllm_ray.model.paged_attention import TILE_M, PagedBatch, query_tiles
+
+# columns of the per-row float64 input (exact for integers below 2**53); a zero row is padding
+(Q_START, Q_LEN, BLOCK_START, BLOCK_LEN, TOTAL, SLOT, RULE, FIXED, RANDOM, THRESHOLD, FACTOR,
+ TEMP) = range(12)
+NUM_COLUMNS = 12
+
+
+def query_span(seq: Sequence) -> tuple[int, int]:
+    """Positions [start, end) whose tokens this step computes: the whole sequence for a full
+    forward, the block and everything after it for a prefix step, the block for a dual step."""
+    if seq.kind is ForwardKind.FULL:
+        return 0, seq.total_len
+    if seq.kind is ForwardKind.PREFIX:
+        return seq.block_start, seq.total_len
+    return seq.block_start, seq.block_start + seq.block_length
+
+
+@dataclass
+class PackedStep:
+    rows: torch.Tensor  # [num_rows, NUM_COLUMNS] float64: the buffer pack_rows filled
+    n_rows: int  # real rows (the rest is padding)
+    n_tokens: int  # packed query tokens
+    max_block: int  # longest block of the step
+    sampling: bool  # some row has temperature > 0 (its draws stay outside CUDA graphs)
+    random: bool  # some row remasks at random
+    attended: int  # key positions attended, over all rows
+
+
+def pack_rows(seqs: list[Sequence], rows: torch.Tensor) -> PackedStep:
+    """Fills `rows` (host memory, [seats, NUM_COLUMNS]) with one row per sequence, zeros after."""
+    values, n_tokens = [], 0
+    for s in seqs:
+        p = s.params
+        start, end = query_span(s)
+        rule = RULE_THRESHOLD if p.threshold is not None else RULE_FACTOR if p.factor is not None else RULE_FIXED
+        values.append((start, end - start, s.block_start, s.block_length, s.total_len, s.slot, rule,
+                       num_to_commit(s.step, s.block_length, p.steps_per_block), p.remasking == "random",
+                       p.threshold or 1.0, p.factor or 1.0, p.temperature))
+        n_tokens += end - start
+    rows.zero_()
+    if values:
+        rows[: len(values)] = torch.tensor(values, dtype=torch.float64)
+    return PackedStep(rows, len(seqs), n_tokens, max(s.block_length for s in seqs),
+                      any(s.params.temperature > 0 for s in seqs), any(s.params.remasking == "random" for s in seqs),
+                      sum(s.total_len for s in seqs))
+
+
+def _columns(rows: torch.Tensor, *names: int) -> list[torch.Tensor]:
+    return [rows[:, c].long() for c in names]
+
+
+def body_inputs(rows: torch.Tensor, n_tokens: int, canvas: torch.Tensor, page_table: torch.Tensor,
+                cache: PagedKVCache, host: tuple[list[int], list[int]] | None = None):
+    """tokens [n_tokens], positions [n_tokens] and the PagedForward of a step. Tokens past the
+    rows' queries are padding: they read any token, write the scratch page, attend nowhere."""
+    q_start, q_len, total, slot = _columns(rows, Q_START, Q_LEN, TOTAL, SLOT)
+    device = rows.device
+    cu_q = F.pad(torch.cumsum(q_len, 0), (1, 0)).int()
+    t = torch.arange(n_tokens, device=device)
+    row = torch.searchsorted(cu_q[1:], t.int(), right=True).clamp(max=rows.shape[0] - 1)
+    valid = t < cu_q[-1]
+    positions = torch.where(valid, q_start[row] + t - cu_q[row], 0)
+    tokens = canvas[slot[row], positions]
+    pages = page_table[slot]
+    ps = cache.page_size
+    write_rows = torch.where(valid, pages[row, positions // ps].long() * ps + positions % ps, cache.scratch_row)
+    tile_row, tile_start = query_tiles(cu_q, -(-n_tokens // TILE_M) + rows.shape[0])
+    batch = PagedBatch(cu_q, total.int(), pages, ps, tile_row, tile_start, host)
+    return tokens, positions, PagedForward(cache, write_rows, batch)
+
+
+@dataclass
+class BlockInputs:
+    """Each row's block, padded to a common width: where its positions sit among the packed
+    hidden states and in the canvas, which of them are real, and its decoding rules."""
+
+    hidden_index: torch.Tensor  # [R, W] into the packed tokens
+    canvas_pos: torch.Tensor  # [R, W] positions in the row's canvas (padding: the scratch column)
+    in_block: torch.Tensor  # [R, W] bool
+    slots: torch.Tensor  # [R]
+    rules: StepRules
+
+
+def block_inputs(rows: torch.Tensor, width: int, scratch_col: int, sampling: bool, random: bool) -> BlockInputs:
+    q_start, q_len, block_start, block_len, slot = _columns(rows, Q_START, Q_LEN, BLOCK_START, BLOCK_LEN, SLOT)
+    first_query = torch.cumsum(q_len, 0) - q_len
+    j = torch.arange(width, device=rows.device)[None, :]
+    in_block = j < block_len[:, None]
+    hidden_index = torch.where(in_block, (first_query + block_start - q_start)[:, None] + j, 0)
+    canvas_pos = torch.where(in_block, block_start[:, None] + j, scratch_col)
+    rules = StepRules(rule=rows[:, RULE].long(), fixed_count=rows[:, FIXED].long(), threshold=rows[:, THRESHOLD],
+                      factor=rows[:, FACTOR], temperature=rows[:, TEMP], random_remasking=rows[:, RANDOM].bool(),
+                      any_sampling=sampling, any_random=random)
+    return BlockInputs(hidden_index, canvas_pos, in_block, slot, rules)
