@@ -80,16 +80,20 @@ def params_for(policy: str, cache: str, gen: int) -> GenerationParams:
 def run(model: LLaDAModel, cache: str, policy: str, batch: int, prompt_len: int, gen: int) -> Run:
     gen_ids = torch.Generator().manual_seed(prompt_len * 1000 + batch)
     prompts = [torch.randint(0, 2000, (prompt_len,), generator=gen_ids).tolist() for _ in range(batch)]
-    forwards = []  # a hook counts the batched forwards that generate() runs
-    hook = model.register_forward_hook(lambda *_: forwards.append(1))
-    try:
-        start = time.perf_counter()
-        results = generate(model, prompts, params_for(policy, cache, gen))
-        seconds = time.perf_counter() - start
-    finally:
-        hook.remove()
+    engine_before = getattr(model, "_generate_engine", None)
+    before = engine_before.stats.model_forwards if engine_before is not None else 0
+    start = time.perf_counter()
+    results = generate(model, prompts, params_for(policy, cache, gen))
+    seconds = time.perf_counter() - start
     return Run(cache, policy, batch, prompt_len, gen, seconds, sum(r.nfe for r in results) / batch,
-               len(forwards), sum(len(r.token_ids) for r in results))
+               forwards_since(model, engine_before, before), sum(len(r.token_ids) for r in results))
+
+
+def forwards_since(model: LLaDAModel, engine_before, before: int) -> int:
+    """Batched forwards (one per engine step) of the engine generate() keeps on the model, since
+    `before`; from zero when generate() had to make a new engine."""
+    engine = model._generate_engine
+    return engine.stats.model_forwards - (before if engine is engine_before else 0)
 
 
 def cpu_name() -> str:
