@@ -86,6 +86,19 @@ def load_state_dict(directory: Path, expected: dict[str, torch.Tensor]) -> dict[
     return found
 
 
+def load_config(path_or_id: str | Path) -> LLaDAConfig:
+    """A checkpoint's network config, as `load_model` builds it (end tokens of
+    generation_config.json included). Serving reads a model's limits from it (max_sequence_length,
+    embedding_size, mask_token_id) without loading the weights."""
+    directory = resolve_checkpoint(path_or_id)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"model: {directory} has no config.json")
+    raw = json.loads(config_path.read_text())
+    raw["end_token_ids"] = list(raw.get("end_token_ids") or []) + list(_end_tokens_from_generation_config(directory))
+    return LLaDAConfig.from_dict(raw)
+
+
 def load_model(
     path_or_id: str | Path,
     device: str | torch.device = "cpu",
@@ -96,13 +109,7 @@ def load_model(
     dtype defaults to float32 on the CPU and bfloat16 elsewhere.
     """
     directory = resolve_checkpoint(path_or_id)
-    config_path = directory / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"model: {directory} has no config.json")
-    raw = json.loads(config_path.read_text())
-    extra = list(raw.get("end_token_ids") or []) + list(_end_tokens_from_generation_config(directory))
-    raw["end_token_ids"] = extra
-    config = LLaDAConfig.from_dict(raw)
+    config = load_config(directory)
     device = torch.device(device)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
