@@ -15,6 +15,7 @@ import torch
 from fastdllm_ray import Engine, EngineConfig, load_model
 from tests.engine.test_engine_scheduling import run_to_end
 from tests.engine.test_reference_exactness import params_of
+from tests.engine.test_step_events import run_pair
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the device tool)")
 REFDATA = Path(__file__).parents[1] / "fixtures/refdata"
@@ -100,22 +101,15 @@ def test_requests_joining_mid_run_decode_what_the_eager_engine_does(cuda_model):
 
 def test_step_events_ride_on_graphed_steps_without_changing_them(cuda_model):
     # stream_steps reads the block the graphed forward already copied to the host: the request
-    # that asks decodes exactly what its twin without events does, in the same graphed batch,
-    # and its events add up to that answer
+    # that asks decodes exactly what its twin without events does, in the same graphed batch
+    # (the defaults: graphs, compile, fused kernel), and its events add up to that answer
     case = next((c for c in CASES if "threshold" in c and c["cache"] == "dual"), CASES[0])
-    prompt, params = case["prompt"], params_of(case)
-    engine = Engine(cuda_model, EngineConfig(max_num_seqs=2, max_model_len=len(prompt) + params.padded_gen_length,
-                                             max_queue=2))
-    engine.add_request(prompt, params, request_id="steps", stream_steps=True)
-    engine.add_request(prompt, params, request_id="plain")
-    outs: dict[str, list] = {"steps": [], "plain": []}
-    while engine.has_unfinished():
-        for out in engine.step():
-            outs[out.request_id].append(out)
-    steps, plain = outs["steps"][-1].result, outs["plain"][-1].result
-    assert (steps.token_ids, steps.nfe) == (plain.token_ids, plain.nfe)
-    assert engine.runner.captures > 0  # the forwards were graphed
-    events = [o.step for o in outs["steps"]]
+    params = params_of(case)
+    with_steps, plain = run_pair(cuda_model, params, case["prompt"],
+                                 max_model_len=len(case["prompt"]) + params.padded_gen_length, max_queue=2)
+    steps, twin = with_steps[-1].result, plain[-1].result
+    assert (steps.token_ids, steps.nfe) == (twin.token_ids, twin.nfe)
+    events = [o.step for o in with_steps]
     assert None not in events and len(events) == steps.nfe
     committed = {p: t for e in events for p, t in zip(e.positions, e.token_ids, strict=True)}
     assert [committed[i] for i in range(len(steps.token_ids))] == steps.token_ids

@@ -15,11 +15,11 @@ PROMPT = [5, 17, 42, 9, 100, 3]
 RULES = {"fixed": {}, "threshold": {"threshold": 0.5}, "factor": {"factor": 1.0}}
 
 
-def run_pair(model, params: GenerationParams) -> tuple[list, list]:
+def run_pair(model, params: GenerationParams, prompt: list[int] = PROMPT, **config) -> tuple[list, list]:
     """The same prompt twice in one batch, once with step events and once without."""
-    engine = Engine(model, EngineConfig(max_num_seqs=2))
-    engine.add_request(PROMPT, params, request_id="steps", stream_steps=True)
-    engine.add_request(PROMPT, params, request_id="plain")
+    engine = Engine(model, EngineConfig(max_num_seqs=2, **config))
+    engine.add_request(prompt, params, request_id="steps", stream_steps=True)
+    engine.add_request(prompt, params, request_id="plain")
     outs: dict[str, list] = {"steps": [], "plain": []}
     while engine.has_unfinished():
         for out in engine.step():
