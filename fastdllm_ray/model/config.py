@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 # field -> the only value we implement (the real LLaDA-8B / LLaDA-1.5 values).
 _REQUIRED_VALUES: dict[str, Any] = {
@@ -31,6 +31,9 @@ _REQUIRED_VALUES: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class LLaDAConfig:
+    model_type: ClassVar[str] = "llada"
+    qkv_bias: ClassVar[bool] = False
+
     d_model: int
     n_heads: int
     n_kv_heads: int
