@@ -22,7 +22,7 @@ from fastdllm_ray.engine.runner import ModelRunner, RowOutcome
 from fastdllm_ray.engine.scheduler import QueueFullError, Scheduler
 from fastdllm_ray.engine.sequence import Sequence, Status
 from fastdllm_ray.engine.stats import EngineStats
-from fastdllm_ray.model import LLaDAModel
+from fastdllm_ray.model import DiffusionTransformer
 from fastdllm_ray.params import GenerationParams
 
 
@@ -58,7 +58,7 @@ def as_token_ids(values) -> list:
 
 
 class Engine:
-    def __init__(self, model: LLaDAModel, config: EngineConfig | None = None) -> None:
+    def __init__(self, model: DiffusionTransformer, config: EngineConfig | None = None) -> None:
         self.model = model
         self.config = config or EngineConfig()
         self.max_model_len = min(self.config.max_model_len or model.config.max_sequence_length,
@@ -104,6 +104,8 @@ class Engine:
         """Raises ValueError naming the field when this model cannot run the request."""
         if not isinstance(params, GenerationParams):
             raise ValueError(f"params: {type(params).__name__} is not GenerationParams")
+        self.runner.policy.validate(params)
+        params = self.runner.policy.effective(params)
         if len(prompt_ids) == 0:
             raise ValueError("prompt: is empty")
         vocab = self.model.config.embedding_size
@@ -129,7 +131,7 @@ class Engine:
         prompt_ids = as_token_ids(prompt_ids)
         self.validate(prompt_ids, params)
         request_id = request_id or f"req-{next(self._ids)}"
-        seq = Sequence(request_id, prompt_ids, params)
+        seq = Sequence(request_id, prompt_ids, self.runner.policy.effective(params))
         with self._lock:
             if request_id in self._sequences:
                 raise ValueError(f"request_id: {request_id!r} is already running")
@@ -194,8 +196,10 @@ class Engine:
         return outputs
 
     def _advance(self, seq: Sequence, outcome: RowOutcome) -> BlockOutput | None:
+        self.runner.policy.after_step(seq, outcome.committed)
         seq.nfe += 1
         seq.step += 1
+        seq.masked = outcome.remaining
         if outcome.remaining:
             return None
         now = time.monotonic()
@@ -218,8 +222,7 @@ class Engine:
                 final = self._finish(seq, "stop" if stop else "length")
             final.token_ids = tokens
             return final
-        seq.block += 1
-        seq.step = 0
+        seq.start_next_block()
         return BlockOutput(seq.request_id, tokens, finished=False)
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> BlockOutput:

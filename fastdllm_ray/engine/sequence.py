@@ -31,6 +31,8 @@ class Sequence:
     pages: list[int] = field(default_factory=list)  # K/V cache pages, held from admission to the end
     block: int = 0  # index of the block being decoded
     step: int = 0  # forwards already run inside the current block
+    masked: int = -1  # masked positions left in the current block (set in __post_init__)
+    carried: int = 0  # positions a step chose not to commit, owed by the next (decoding/dream.py)
     nfe: int = 0
     output_ids: list[int] = field(default_factory=list)  # final tokens, block by block
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
@@ -39,6 +41,15 @@ class Sequence:
     first_block_time: float | None = None
     block_times: list[float] = field(default_factory=list)  # seconds each block took
     block_started: float | None = None
+
+    def __post_init__(self) -> None:
+        self.masked = self.params.block_length
+
+    def start_next_block(self) -> None:
+        self.block += 1
+        self.step = 0
+        self.masked = self.params.block_length
+        self.carried = 0
 
     @property
     def prompt_len(self) -> int:
