@@ -57,3 +57,5 @@ def dream_model(_dream_model_session, monkeypatch):
     """The Dream refdata checkpoint (float32, CPU) with no end tokens, as the refdata assumes."""
     monkeypatch.setattr(_dream_model_session, "end_token_ids", ())
     return _dream_model_session
+
+TINY_DREAM = Path(__file__).parent / "fixtures" / "tiny-dream"  # random weights, Dream's tokenizer shape
