@@ -92,6 +92,20 @@ def load_state_dict(directory: Path, expected: dict[str, torch.Tensor], prefix: 
     return found
 
 
+def load_config(directory: Path) -> LLaDAConfig | DreamConfig:
+    """The checkpoint's config, of the family its config.json's model_type names, with the
+    end tokens of its generation_config.json."""
+    config_path = Path(directory) / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"model: {directory} has no config.json")
+    raw = json.loads(config_path.read_text())
+    raw["end_token_ids"] = list(raw.get("end_token_ids") or []) + list(_end_tokens_from_generation_config(directory))
+    family = FAMILIES.get(raw.get("model_type"))
+    if family is None:
+        raise ValueError(f"config.json model_type: {raw.get('model_type')!r} is not one of {sorted(FAMILIES)}")
+    return family[0].from_dict(raw)
+
+
 def load_model(
     path_or_id: str | Path,
     device: str | torch.device = "cpu",
@@ -103,17 +117,8 @@ def load_model(
     dtype defaults to float32 on the CPU and bfloat16 elsewhere.
     """
     directory = resolve_checkpoint(path_or_id)
-    config_path = directory / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"model: {directory} has no config.json")
-    raw = json.loads(config_path.read_text())
-    extra = list(raw.get("end_token_ids") or []) + list(_end_tokens_from_generation_config(directory))
-    raw["end_token_ids"] = extra
-    family = FAMILIES.get(raw.get("model_type"))
-    if family is None:
-        raise ValueError(f"config.json model_type: {raw.get('model_type')!r} is not one of {sorted(FAMILIES)}")
-    config_class, model_class = family
-    config = config_class.from_dict(raw)
+    config = load_config(directory)
+    model_class = FAMILIES[config.model_type][1]
     device = torch.device(device)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)

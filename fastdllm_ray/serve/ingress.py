@@ -20,8 +20,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from fastdllm_ray.model import load_tokenizer
-from fastdllm_ray.model.checkpoint import generation_config, resolve_checkpoint
-from fastdllm_ray.model.config import LLaDAConfig
+from fastdllm_ray.model.checkpoint import generation_config, load_config, resolve_checkpoint
 from fastdllm_ray.serve import protocol as p
 from fastdllm_ray.serve.config import AppConfig
 from fastdllm_ray.serve.convert import (DEFAULT_MAX_TOKENS, EngineRequest, PromptEncoder, RequestError,
@@ -91,7 +90,7 @@ class OpenAIIngress:
         self.config = AppConfig.model_validate(config)
         self.engine = engine
         checkpoint = resolve_checkpoint(resolve_model(self.config))
-        model_config = LLaDAConfig.from_file(checkpoint / "config.json")
+        model_config = load_config(checkpoint)
         self.model_name = served_model_name(self.config)
         self.max_model_len = min(self.config.engine.max_model_len or model_config.max_sequence_length,
                                  model_config.max_sequence_length)

@@ -45,6 +45,9 @@ class FastDLLMFields(BaseModel):
     steps: int = 128
     block_length: int = 32
     remasking: Literal["low_confidence", "random"] = "low_confidence"
+    alg: Optional[str] = Field(None, description="Dream models' choice rule: entropy, maskgit_plus, topk_margin or "
+                                                 "confidence_threshold (default: entropy, or confidence_threshold "
+                                                 "with a threshold); not for LLaDA")
 
 
 class CompletionRequest(FastDLLMFields):
