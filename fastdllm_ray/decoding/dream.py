@@ -67,7 +67,8 @@ def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int):
     probs = torch.softmax(logits.float(), dim=-1)
     top2 = probs.topk(2, dim=-1).values
     neg_entropy = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
-    allowed = probs.index_fill(-1, torch.tensor([mask_id], device=probs.device), -1.0)
+    allowed = probs.clone()
+    allowed[..., mask_id] = -1.0  # an int index: no host-to-device copy inside a CUDA graph capture
     best, x0 = allowed.max(dim=-1)
     alg = alg[:, None]
     confidence = torch.where(alg == ALG_MARGIN, top2[..., 0] - top2[..., 1],
