@@ -29,8 +29,25 @@ _REQUIRED_VALUES: dict[str, Any] = {
 }
 
 
+class SharedConfig:
+    """What both families' configs derive alike from their fields."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def end_token_ids(self) -> tuple[int, ...]:
+        ids = [] if self.eos_token_id is None else [self.eos_token_id]
+        return tuple(dict.fromkeys(ids + list(self.extra_end_token_ids)))
+
+    @classmethod
+    def from_file(cls, path: str | Path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
 @dataclass(frozen=True)
-class LLaDAConfig:
+class LLaDAConfig(SharedConfig):
     model_type: ClassVar[str] = "llada"
     qkv_bias: ClassVar[bool] = False
 
@@ -48,15 +65,6 @@ class LLaDAConfig:
     rms_norm_eps: float = 1e-5
     weight_tying: bool = False
     extra_end_token_ids: tuple[int, ...] = field(default_factory=tuple)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def end_token_ids(self) -> tuple[int, ...]:
-        ids = [] if self.eos_token_id is None else [self.eos_token_id]
-        return tuple(dict.fromkeys(ids + list(self.extra_end_token_ids)))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "LLaDAConfig":
@@ -101,10 +109,6 @@ class LLaDAConfig:
             weight_tying=bool(raw.get("weight_tying", False)),
             extra_end_token_ids=tuple(extra),
         )
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "LLaDAConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
     def to_dict(self) -> dict[str, Any]:
         """A config.json in the real checkpoint's format."""

@@ -7,10 +7,10 @@ Refuses, naming the field, any setting that would make our network compute somet
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
+
+from fastdllm_ray.model.config import SharedConfig
 
 MODEL_TYPE = "Dream"
 # field -> the only value we implement (Dream-v0-Instruct-7B / Dream-v0-Base-7B's values)
@@ -22,7 +22,7 @@ _REQUIRED_VALUES: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class DreamConfig:
+class DreamConfig(SharedConfig):
     model_type: ClassVar[str] = MODEL_TYPE
     qkv_bias: ClassVar[bool] = True
 
@@ -43,17 +43,8 @@ class DreamConfig:
     extra_end_token_ids: tuple[int, ...] = field(default_factory=tuple)
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
     def embedding_size(self) -> int:
         return self.vocab_size
-
-    @property
-    def end_token_ids(self) -> tuple[int, ...]:
-        ids = [] if self.eos_token_id is None else [self.eos_token_id]
-        return tuple(dict.fromkeys(ids + list(self.extra_end_token_ids)))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "DreamConfig":
@@ -89,10 +80,6 @@ class DreamConfig:
             weight_tying=bool(raw.get("tie_word_embeddings", False)),
             extra_end_token_ids=tuple(raw.get("end_token_ids") or ()),
         )
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "DreamConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
     def to_dict(self) -> dict[str, Any]:
         """A config.json in the real checkpoint's format."""
