@@ -1,72 +1,77 @@
-"""Scale-out: aggregate tokens/s of the Ray Serve app with 1 and with 2 engine replicas, same load.
+"""Scale-out: aggregate tokens/s of the Ray Serve app over engine replicas, one GPU each.
 
 For each replica count it starts a local Ray cluster and the app (build_app with
 `num_replicas=N`, one GPU per replica on cuda), warms every replica, then sends --requests
 non-streaming chat completions from --concurrency workers (httpx async) with fixed
-max_tokens and Fast-dLLM settings, and reports generated tokens/s, req/s, p50/p95 latency
-and the 2-replica/1-replica throughput ratio (issue 7 item 5 asks >= 1.8x on 2 GPUs).
+max_tokens and Fast-dLLM settings, and records generated tokens/s, req/s and latencies.
+With --per-replica, --concurrency and --requests are per replica (N times more for N
+replicas: every replica saturated); without it every count gets the same load. Results
+accumulate in --results (a JSON, written after each count, so a run cut short keeps what it
+measured, and runs on one machine add up); --out writes their table, judged against issue 15
+(2 replicas >= 1.8x with p50 no worse; N >= 0.9 N), into BENCHMARKS.md section
+`scaleout-replicas`; benchmarks/scaleout_report.py draws the plot from the JSON.
 
 CPU validation (the shipped tiny model; a 2-core machine cannot show scaling):
 
     PYTHONPATH=. .venv/bin/python benchmarks/scaleout.py --device cpu --num-cpus 3 --requests 64 --concurrency 8 \
-      --out BENCHMARKS.md
+      --results /tmp/scaleout-cpu.json
 
-GPU run (device tool, kind nvidia-h200-x2; the GPU image lacks Ray, so first build the bundle
-here with `../shared/tools/device-bundle`, which writes the git-ignored .devbundle/site.tar.xz,
-and carry `.devbundle`). Two calls on the same warm machine (10 minutes a command): first the
-random LLaDA-8B-shaped checkpoint (16 GB, written on the device machine), then the measurement
-(the same prefix on both):
+GPU runs (device tool; the GPU image lacks Ray, so first build the bundle here with
+`../shared/tools/device-bundle`, which writes the git-ignored .devbundle/site.tar.xz, and carry
+`.devbundle`). Every call below starts with this prefix (P):
 
-    mkdir -p /tmp/site && tar xJf .devbundle/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PYTHONPATH; \
-    PYTHONPATH=.:$PYTHONPATH python3 benchmarks/scaleout.py --make-random-checkpoint /tmp/llada8b
+    mkdir -p /tmp/site && tar xJf .devbundle/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PYTHONPATH;
 
-    mkdir -p /tmp/site && tar xJf .devbundle/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PYTHONPATH; \
-    PYTHONPATH=.:$PYTHONPATH python3 benchmarks/scaleout.py --device cuda --model /tmp/llada8b \
-      --concurrency 64 --requests 128 --max-tokens 256 --block-length 32 --steps 256 \
-      --max-num-seqs 32 --max-model-len 512 --out $OUT/BENCHMARKS.md
+1. On a fresh machine, the random LLaDA-8B-shaped checkpoint (16 GB, ~35 s to write; gone when
+   the machine goes cold, then write it again):
 
-($OUT/BENCHMARKS.md then holds only this section: put it into the repository's BENCHMARKS.md
-with update_section. If /tmp/llada8b is gone, the machine went cold: run both again.)
+    P PYTHONPATH=.:$PYTHONPATH python3 benchmarks/scaleout.py --make-random-checkpoint /tmp/llada8b
+
+2. kind nvidia-h200-x2, issue 15 item 4 (1 vs 2 replicas, the same saturating load: 64 clients
+   fill two 32-sequence batches), one call (~6 min):
+
+    P PYTHONPATH=.:$PYTHONPATH python3 benchmarks/scaleout.py --device cuda --model /tmp/llada8b \
+      --replicas 1,2 --concurrency 64 --requests 192 --max-tokens 256 --block-length 32 --steps 256 \
+      --max-num-seqs 32 --max-model-len 512 --results $OUT/scaleout.json --out $OUT/BENCHMARKS.md
+
+3. kind nvidia-h200-x4 or -x8 (N >= 0.9 N: each replica saturated, 32 clients and 96 requests
+   per replica), one call per pair of counts so each stays under 10 minutes; copy the first
+   call's $OUT/scaleout.json back into the tree and carry it (--results merges):
+
+    P PYTHONPATH=.:$PYTHONPATH python3 benchmarks/scaleout.py --device cuda --model /tmp/llada8b \
+      --replicas 1,2 --per-replica --concurrency 32 --requests 96 --max-tokens 256 --block-length 32 \
+      --steps 256 --max-num-seqs 32 --max-model-len 512 --results $OUT/scaleout.json --out $OUT/BENCHMARKS.md
+    P cp scaleout.json $OUT/ && PYTHONPATH=.:$PYTHONPATH python3 benchmarks/scaleout.py --device cuda \
+      --model /tmp/llada8b --replicas 4,8 --per-replica --concurrency 32 --requests 96 --max-tokens 256 \
+      --block-length 32 --steps 256 --max-num-seqs 32 --max-model-len 512 --results $OUT/scaleout.json \
+      --out $OUT/BENCHMARKS.md
+
+   (on -x4: --replicas 4 in the second call.)
+
+Then, here: put $OUT/BENCHMARKS.md's section into BENCHMARKS.md (update_section, or
+`benchmarks/scaleout_report.py scaleout.json --out BENCHMARKS.md`) and draw the plot:
+`PYTHONPATH=. .venv/bin/python benchmarks/scaleout_report.py scaleout.json --plot benchmarks/scaleout.png`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from benchmarks import scaleout_report as report
 from benchmarks.serving import pct
-from fastdllm_ray.markdown_sections import update_section
 
-SECTION = "scaleout"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 SHARD_BYTES = 2 << 30
-
-
-@dataclass
-class Result:
-    replicas: int
-    ok: int
-    requests: int
-    seconds: float
-    tokens: int
-    latencies: list[float]
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds
-
-    @property
-    def req_per_s(self) -> float:
-        return self.ok / self.seconds
 
 
 def make_random_checkpoint(directory: Path, config=None) -> Path:
@@ -121,11 +126,14 @@ def wait_running(app_name: str = "fastdllm", timeout_s: float = 900) -> None:
         time.sleep(1)
 
 
-def measure(replicas: int, args) -> Result:
+def measure(replicas: int, args) -> dict:
+    """One replica count under the load the flags describe; what the results JSON keeps of it."""
     from fastdllm_ray.serve.config import AppConfig
     from tests.serve.serve_harness import running_app
 
-    queue = 2 * args.concurrency  # nothing refused: this measures throughput, not 503s
+    scale = replicas if args.per_replica else 1
+    concurrency, requests = args.concurrency * scale, args.requests * scale
+    queue = 2 * concurrency  # nothing refused: this measures throughput, not 503s
     config = AppConfig(model=args.model, device=args.device, num_replicas=replicas,
                        num_cpus_per_replica=args.cpus_per_replica,
                        dtype="bfloat16" if args.device == "cuda" else None,
@@ -140,45 +148,29 @@ def measure(replicas: int, args) -> Result:
         model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
         # warm-up: enough parallel requests that Serve's router gives each replica some
         asyncio.run(drive(url, model, 2 * replicas, 4 * replicas, settings))
-        seconds, done = asyncio.run(drive(url, model, args.concurrency, args.requests, settings))
-    result = Result(replicas, len(done), args.requests, seconds, sum(t for _, t in done), [lat for lat, _ in done])
-    print(f"replicas={replicas}: {result.ok}/{result.requests} ok in {seconds:.1f}s, {result.req_per_s:.2f} req/s, "
-          f"{result.tokens_per_s:.1f} tok/s, p50 {pct(result.latencies, .5):.2f}s, "
-          f"p95 {pct(result.latencies, .95):.2f}s", flush=True)
-    return result
+        seconds, done = asyncio.run(drive(url, model, concurrency, requests, settings))
+    run = {"concurrency": concurrency, "requests": requests, "ok": len(done), "seconds": seconds,
+           "tokens": sum(t for _, t in done), "latencies": [lat for lat, _ in done]}
+    print(f"replicas={replicas}: {run['ok']}/{requests} ok in {seconds:.1f}s, {run['tokens'] / seconds:.1f} tok/s, "
+          f"p50 {pct(run['latencies'], .5):.2f}s, p95 {pct(run['latencies'], .95):.2f}s", flush=True)
+    return run
 
 
-def describe_device(args) -> str:
+def describe(args) -> str:
     if args.device == "cuda":
         import torch
 
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, one GPU per replica"
-    return (f"CPU validation run on a {os.cpu_count()}-core {platform.machine()} machine, Ray num_cpus "
-            f"{args.num_cpus}, {args.cpus_per_replica} CPU per replica: the replicas share the same cores, "
-            "so this checks that the load reaches both replicas, not how 2 GPUs scale (2 replicas cannot be "
-            "expected to scale on 2 cores); the GPU figure for issue 7 item 5 is still to be run")
-
-
-def table(results: list[Result], args, command: str) -> str:
-    lines = [
-        f"`{command}`", "",
-        f"{describe_device(args)}. Model: {args.model or 'the shipped tiny model'}. Load: {args.requests} "
-        f"non-streaming chat completions from {args.concurrency} concurrent workers, max_tokens "
-        f"{args.max_tokens}, block_length {args.block_length}, steps {args.steps}"
-        f"{f', threshold {args.threshold}' if args.threshold is not None else ''}, dual cache, engine "
-        f"max_num_seqs {args.max_num_seqs} per replica; tokens = completion tokens. Load average at start: "
-        f"{args.load_at_start:.1f}.", "",
-        "| replicas | requests ok | seconds | req/s | tokens/s | latency p50 (s) | latency p95 (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        lines.append(f"| {r.replicas} | {r.ok}/{r.requests} | {r.seconds:.1f} | {r.req_per_s:.2f} | "
-                     f"{r.tokens_per_s:.1f} | {pct(r.latencies, .5):.2f} | {pct(r.latencies, .95):.2f} |")
-    by = {r.replicas: r for r in results}
-    if 1 in by and 2 in by:
-        lines += ["", f"Aggregate tokens/s, 2 replicas / 1 replica: {by[2].tokens_per_s / by[1].tokens_per_s:.2f}x "
-                      "(issue 7 item 5 asks >= 1.8x on 2 GPUs)."]
-    return "\n".join(lines) + "\n"
+        where = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, one GPU per replica, bf16"
+    else:
+        where = (f"CPU validation on a {os.cpu_count()}-core {platform.machine()} machine (load average "
+                 f"{os.getloadavg()[0]:.1f}), Ray num_cpus {args.num_cpus}: the replicas share the same cores, so "
+                 "this checks that the load reaches every replica, not how GPUs scale")
+    load = (f"{args.concurrency} clients and {args.requests} requests per replica" if args.per_replica else
+            f"{args.concurrency} clients and {args.requests} requests for every replica count")
+    return (f"{where}. Model: {args.model or 'the shipped tiny model'}. Load: {load}, non-streaming chat "
+            f"completions, max_tokens {args.max_tokens}, block_length {args.block_length}, steps {args.steps}"
+            f"{f', threshold {args.threshold}' if args.threshold is not None else ''}, dual cache; engine "
+            f"max_num_seqs {args.max_num_seqs} per replica; tokens = completion tokens.")
 
 
 def main() -> None:
@@ -190,6 +182,7 @@ def main() -> None:
     ap.add_argument("--replicas", default="1,2", type=lambda s: [int(n) for n in s.split(",")])
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--requests", type=int, default=24)
+    ap.add_argument("--per-replica", action="store_true", help="--concurrency and --requests are per replica")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--block-length", type=int, default=8)
     ap.add_argument("--steps", type=int, default=32)
@@ -199,19 +192,23 @@ def main() -> None:
                     help="K/V slot length (default: the model's; 4096 on the 8B shape = 2 GiB a slot)")
     ap.add_argument("--num-cpus", type=int, help="CPUs for Ray (default: all)")
     ap.add_argument("--cpus-per-replica", type=float, default=1)
-    ap.add_argument("--out", type=Path, help="BENCHMARKS.md to write the `scaleout` section into")
+    ap.add_argument("--results", type=Path, help="JSON the measurements are added to (kept across runs)")
+    ap.add_argument("--out", type=Path, help="BENCHMARKS.md to write the `scaleout-replicas` section into")
     args = ap.parse_args()
     if args.make_random_checkpoint:
         print(f"wrote {make_random_checkpoint(args.make_random_checkpoint)}")
         return
-    args.load_at_start = os.getloadavg()[0]
-    results = [measure(n, args) for n in args.replicas]
-    command = "PYTHONPATH=. python benchmarks/scaleout.py " + " ".join(sys.argv[1:])
-    text = table(results, args, command)
-    print(text)
+    results = report.load(args.results) if args.results else {"runs": {}}
+    results["description"] = describe(args)
+    results.setdefault("commands", []).append("PYTHONPATH=. python benchmarks/scaleout.py " + " ".join(sys.argv[1:]))
+    for n in args.replicas:
+        results["runs"][str(n)] = measure(n, args)
+        if args.results:
+            args.results.write_text(json.dumps(results, indent=1))
+    print(report.table(results))
     if args.out:
-        title = "GPU" if args.device == "cuda" else "CPU validation"
-        update_section(args.out, SECTION, f"## Scale-out: 1 vs 2 replicas ({title})\n\n" + text)
+        title = "GPUs" if args.device == "cuda" else "CPU validation"
+        report.write_section(results, args.out, f"Scale-out: the Serve app over replicas ({title})")
 
 
 if __name__ == "__main__":

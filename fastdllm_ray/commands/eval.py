@@ -1,6 +1,10 @@
 """`fastdllm-ray eval`: accuracy, NFE, tokens per forward and tokens/s of each decoding
 configuration on held-out arithmetic chat problems, through the engine here or, with
---base-url, through a running server's OpenAI API. Prints a table, writes CSV and PNG."""
+--base-url, through a running server's OpenAI API. Prints a table, writes CSV and PNG.
+
+The Fast-dLLM server's evaluation-script flags (--use-cache/--no-cache, --use-dual-cache,
+--threshold, --factor, --steps, --block-length, --quick-test) select one configuration instead
+of the grid; --tasks hands the same settings to lm-evaluation-harness (e.g. --tasks gsm8k)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 DEFAULT_SEED = 1234  # training used seed 0; the held-out split is disjoint whatever the seeds
+QUICK_PROBLEMS = 20  # --quick-test
 
 
 def _ints(text: str) -> list[int]:
@@ -46,7 +51,57 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--benchmarks", type=Path, help="also record the table in this BENCHMARKS.md")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs or torch.compile on the GPU")
     parser.add_argument("--no-progress", action="store_true")
+    _add_server_script_flags(parser)
+    harness = parser.add_argument_group("lm-evaluation-harness")
+    harness.add_argument("--tasks", type=_names, help="lm-eval tasks (e.g. gsm8k, or the local tiny_arith,"
+                         "tiny_arith_mc) run with these settings instead of the arithmetic grid")
+    harness.add_argument("--num-fewshot", type=int, help="lm-eval --num_fewshot")
+    harness.add_argument("--limit", type=float, help="lm-eval --limit: documents per task (or a fraction)")
+    harness.add_argument("--apply-chat-template", action="store_true", help="lm-eval --apply_chat_template")
+    harness.add_argument("--mc-num", type=int, help="Monte Carlo samples per log-likelihood (default 128)")
     parser.set_defaults(func=run)
+
+
+def _add_server_script_flags(parser: argparse.ArgumentParser) -> None:
+    fast = parser.add_argument_group("one configuration, by the Fast-dLLM server evaluation script's flags")
+    fast.add_argument("--use-cache", dest="use_cache", action="store_true", default=None,
+                      help="K/V cache on (dual unless --no-dual-cache)")
+    fast.add_argument("--no-cache", dest="use_cache", action="store_false", default=None, help="no K/V cache")
+    fast.add_argument("--use-dual-cache", dest="use_dual_cache", action="store_true", default=None)
+    fast.add_argument("--no-dual-cache", dest="use_dual_cache", action="store_false", default=None,
+                      help="prefix cache only")
+    fast.add_argument("--threshold", type=float, help="commit positions at least this confident")
+    fast.add_argument("--factor", type=float, help="Fast-dLLM factor rule")
+    fast.add_argument("--steps", type=int, help="forwards spread over the blocks (default: one per token)")
+    fast.add_argument("--block-length", type=int)
+    fast.add_argument("--gen-length", type=int, help="answer tokens")
+    fast.add_argument("--quick-test", action="store_true",
+                      help=f"{QUICK_PROBLEMS} problems (with --tasks: --limit {QUICK_PROBLEMS})")
+
+
+def flag_config(args: argparse.Namespace):
+    """The one DecodingConfig the server-script flags describe, or None when none is given."""
+    from fastdllm_ray.eval.configs import FACTOR, GEN_LENGTH, THRESHOLD, DecodingConfig
+    from fastdllm_ray.lmeval.handoff import decoding_fields
+
+    if not decoding_fields(args):
+        return None
+    if args.threshold is not None and args.factor is not None:
+        raise SystemExit("--threshold and --factor: set at most one of them")
+    for flag, value in (("--block-length", args.block_length), ("--gen-length", args.gen_length)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag}: {value} must be >= 1")
+    cache = "none" if args.use_cache is False else "prefix" if args.use_dual_cache is False else "dual"
+    schedule = "threshold" if args.threshold is not None else "factor" if args.factor is not None else "fixed"
+    config = DecodingConfig(cache, schedule, 32 if args.block_length is None else args.block_length,
+                            GEN_LENGTH if args.gen_length is None else args.gen_length,
+                            threshold=THRESHOLD if args.threshold is None else args.threshold,
+                            factor=FACTOR if args.factor is None else args.factor, steps=args.steps)
+    try:
+        config.params()
+    except ValueError as exc:
+        raise SystemExit(f"--{str(exc).replace('_', '-')}") from None
+    return config
 
 
 def _runner(args: argparse.Namespace):
@@ -54,12 +109,7 @@ def _runner(args: argparse.Namespace):
     from fastdllm_ray.eval import run_engine, run_server
 
     if args.base_url:
-        name = args.served_model
-        if name is None:
-            from openai import OpenAI
-
-            client = OpenAI(base_url=args.base_url.rstrip("/") + "/v1", api_key=args.api_key)
-            name = client.models.list().data[0].id
+        name = served_model(args)
         runner = partial(_server, run_server, args.base_url, name, args.api_key, args.concurrency)
         return runner, f"server {args.base_url} (model {name}, {args.concurrency} requests in flight)"
     import torch
@@ -76,6 +126,16 @@ def _runner(args: argparse.Namespace):
                     f"batch {args.batch_size}, model {Path(str(path)).name}")
 
 
+def served_model(args: argparse.Namespace) -> str:
+    """--served-model, else the first model the server lists."""
+    if args.served_model is not None:
+        return args.served_model
+    from openai import OpenAI
+
+    client = OpenAI(base_url=args.base_url.rstrip("/") + "/v1", api_key=args.api_key)
+    return client.models.list().data[0].id
+
+
 def _engine(run_engine, model, tokenizer, batch_size, eager, problems, config, bar):
     return run_engine(model, tokenizer, problems, config, batch_size=batch_size, progress=bar, eager=eager)
 
@@ -90,10 +150,19 @@ def run(args: argparse.Namespace) -> int:
     from fastdllm_ray.markdown_sections import update_section
     from fastdllm_ray.train.data import problems as make_problems
 
+    if args.quick_test:
+        args.num_problems, args.limit = QUICK_PROBLEMS, args.limit or QUICK_PROBLEMS
     if args.num_problems < 1:
         raise SystemExit("--num-problems: must be >= 1")
+    if args.tasks:
+        from fastdllm_ray.lmeval.handoff import run_tasks
+
+        if args.base_url:
+            args.served_model = served_model(args)
+        return run_tasks(args, args.tasks)
+    config = flag_config(args)
     try:
-        configs = grid(args.cache, args.schedule, args.block_lengths)
+        configs = [config] if config else grid(args.cache, args.schedule, args.block_lengths)
     except ValueError as exc:
         raise SystemExit(f"--{exc}") from None
     problems = make_problems(args.num_problems, args.seed, "eval")

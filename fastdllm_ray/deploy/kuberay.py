@@ -13,8 +13,9 @@ from typing import Any
 
 import ray
 
-from fastdllm_ray.deploy.serve_config import ReplicaShape, builder_apps, replica_shape
+from fastdllm_ray.deploy.serve_config import ReplicaShape, builder_apps, replica_shapes
 from fastdllm_ray.deploy.yaml_text import dump_yaml
+from fastdllm_ray.serve.config import AppConfig
 
 APP_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
@@ -55,8 +56,9 @@ def render_k8s(config: dict[str, Any], options: KubeOptions) -> list[dict[str, A
     apps = builder_apps(config)
     if not apps:
         raise ValueError("applications: none uses fastdllm_ray.serve.builder:build_app")
-    shapes = [replica_shape(app.get("args") or {}) for app in apps]
-    needs_hub = any((app.get("args") or {}).get("model") is not None for app in apps)
+    shapes = [shape for app in apps for shape in replica_shapes(app.get("args") or {})]
+    needs_hub = any(model.model is not None for app in apps
+                    for model in AppConfig.model_validate(app.get("args") or {}).model_configs())
     port = int((config.get("http_options") or {}).get("port", DEFAULT_SERVE_PORT))
     return [rayservice(config, shapes, needs_hub, port, options), openai_service(port, options)]
 

@@ -77,8 +77,16 @@ class ReplicaShape:
 
 
 def replica_shape(app_args: dict[str, Any]) -> ReplicaShape:
-    """Reads the replica count range and per-replica resources out of an app's `args`."""
-    cfg = AppConfig.model_validate(app_args or {})
+    """Reads the replica count range and per-replica resources out of a one-model app's `args`."""
+    return _shape(AppConfig.model_validate(app_args or {}))
+
+
+def replica_shapes(app_args: dict[str, Any]) -> list[ReplicaShape]:
+    """One ReplicaShape per model the app serves: its `models` entries, or its one model."""
+    return [_shape(model) for model in AppConfig.model_validate(app_args or {}).model_configs()]
+
+
+def _shape(cfg: AppConfig) -> ReplicaShape:
     gpus = cfg.num_gpus_per_replica
     if gpus is None:
         gpus = 1.0 if cfg.device == "cuda" else 0.0  # the builder's own default

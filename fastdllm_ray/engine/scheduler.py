@@ -27,7 +27,11 @@ class Scheduler:
         self.running: list[Sequence] = []
 
     def add(self, seq: Sequence) -> None:
-        if len(self.waiting) >= self.max_queue:
+        # seats freed since the last admission are room too: a request that arrives between a
+        # sequence finishing and the next step seating its successor is not refused (the Serve
+        # router, which allows max_num_seqs + max_queue in flight, already counts that seat free)
+        seats = max(0, min(len(self.free_slots), self.max_running - len(self.running)))
+        if len(self.waiting) >= self.max_queue + seats:
             raise QueueFullError(f"engine queue is full ({self.max_queue} waiting requests)")
         self.waiting.append(seq)
 

@@ -16,23 +16,29 @@ BLOCK_LENGTHS = (16, 32, 64)
 @dataclass(frozen=True)
 class DecodingConfig:
     cache: str  # none | prefix | dual
-    schedule: str  # fixed (one token per step) | threshold | factor
+    schedule: str  # fixed (one token per step, or `steps` spread over the blocks) | threshold | factor
     block_length: int
     gen_length: int = GEN_LENGTH
+    threshold: float = THRESHOLD  # used by schedule "threshold"
+    factor: float = FACTOR  # used by schedule "factor"
+    steps: int | None = None  # None: one step per answer token
 
     @property
     def name(self) -> str:
-        rule = {"fixed": "fixed 1/step", "threshold": f"threshold {THRESHOLD}", "factor": f"factor {FACTOR}"}
+        fixed = "fixed 1/step" if self.steps is None else f"fixed {self.steps} steps"
+        rule = {"fixed": fixed, "threshold": f"threshold {self.threshold}", "factor": f"factor {self.factor}"}
         return f"{self.cache} cache, {rule[self.schedule]}, block {self.block_length}"
 
     def params(self) -> GenerationParams:
-        # fixed: as many steps as answer tokens, so exactly one token is committed per step
+        padded = -(-self.gen_length // self.block_length) * self.block_length
+        # fixed without steps: as many steps as answer tokens, so exactly one is committed per step;
+        # more steps than that would only run forwards that commit nothing
         return GenerationParams(
-            steps=-(-self.gen_length // self.block_length) * self.block_length,
+            steps=padded if self.steps is None else min(self.steps, padded),
             gen_length=self.gen_length,
             block_length=self.block_length,
-            threshold=THRESHOLD if self.schedule == "threshold" else None,
-            factor=FACTOR if self.schedule == "factor" else None,
+            threshold=self.threshold if self.schedule == "threshold" else None,
+            factor=self.factor if self.schedule == "factor" else None,
             cache=self.cache,
         )
 

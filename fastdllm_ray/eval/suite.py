@@ -43,7 +43,8 @@ def headline(results: list[ConfigResult], block_length: int = 32) -> list[str]:
                      f"accuracy {100 * base.accuracy:.1f}% over {base.num_problems} problems, "
                      f"mean NFE {base.mean_nfe:.1f}")
     if base is not None and fast is not None and fast.nfe:
-        lines.append(f"dual cache + threshold 0.9 (block {block_length}): accuracy {100 * fast.accuracy:.1f}% "
+        lines.append(f"dual cache + threshold {fast.config.threshold} (block {block_length}): "
+                     f"accuracy {100 * fast.accuracy:.1f}% "
                      f"({100 * (fast.accuracy - base.accuracy):+.1f} points), mean NFE {fast.mean_nfe:.1f} "
                      f"({base.nfe / fast.nfe:.1f}x fewer forwards)")
     return lines

@@ -92,10 +92,13 @@ def load_state_dict(directory: Path, expected: dict[str, torch.Tensor], prefix: 
     return found
 
 
-def load_config(directory: Path) -> LLaDAConfig | DreamConfig:
-    """The checkpoint's config, of the family its config.json's model_type names, with the
-    end tokens of its generation_config.json."""
-    config_path = Path(directory) / "config.json"
+def load_config(path_or_id: str | Path) -> LLaDAConfig | DreamConfig:
+    """A checkpoint's network config, of the family its config.json's model_type names, as
+    `load_model` builds it (end tokens of generation_config.json included). Serving reads a
+    model's limits from it (max_sequence_length, embedding_size, mask_token_id) without
+    loading the weights."""
+    directory = resolve_checkpoint(path_or_id)
+    config_path = directory / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"model: {directory} has no config.json")
     raw = json.loads(config_path.read_text())

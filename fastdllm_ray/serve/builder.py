@@ -1,4 +1,4 @@
-"""build_app: AppConfig -> a Ray Serve application (ingress -> engine replicas).
+"""build_app: AppConfig -> a Ray Serve application (ingress -> engine replicas of each model).
 
 `import_path: fastdllm_ray.serve.builder:build_app` with the AppConfig as `args` in a Serve
 config file, the `fastdllm-ray serve` CLI and the KubeRay RayService all come through here.
@@ -12,7 +12,7 @@ from ray.serve import Application
 
 from fastdllm_ray.serve.config import AppConfig
 from fastdllm_ray.serve.ingress import OpenAIIngress
-from fastdllm_ray.serve.replica import EngineReplica
+from fastdllm_ray.serve.replica import EngineReplica, served_model_name
 
 HEALTH_CHECK_PERIOD_S = 10
 
@@ -50,6 +50,9 @@ def replica_options(config: AppConfig) -> dict[str, Any]:
         # held by Serve's router (where the autoscaler sees them); beyond it, 503 at once
         "max_queued_requests": config.max_queued_requests or engine.max_queue,
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+        # a replica being scaled down or redeployed finishes what it holds before it stops: an
+        # accepted request may run for up to request_timeout_s (Serve's default waits 20 s)
+        "graceful_shutdown_timeout_s": config.request_timeout_s + HEALTH_CHECK_PERIOD_S,
     }
     if config.num_replicas is not None:
         options["num_replicas"] = config.num_replicas
@@ -61,25 +64,41 @@ def replica_options(config: AppConfig) -> dict[str, Any]:
             "max_replicas": scaling.max_replicas,
             "target_ongoing_requests": scaling.target_ongoing_requests or engine.max_num_seqs,
         }
+        for delay in ("upscale_delay_s", "downscale_delay_s", "look_back_period_s"):
+            if getattr(scaling, delay) is not None:
+                options["autoscaling_config"][delay] = getattr(scaling, delay)
     return options
 
 
 def ingress_options(config: AppConfig) -> dict[str, Any]:
-    replica = replica_options(config)
-    most_replicas = config.num_replicas or config.autoscaling.max_replicas
-    per_replica = replica["max_ongoing_requests"] + replica["max_queued_requests"]
+    fill = 0
+    for model in config.model_configs():
+        replica = replica_options(model)
+        most_replicas = model.num_replicas or model.autoscaling.max_replicas
+        fill += most_replicas * (replica["max_ongoing_requests"] + replica["max_queued_requests"])
     return {
         # tokenizing and relaying text is light; it must never wait for a CPU the engine holds
         "ray_actor_options": {"num_cpus": 0},
         # enough to hand every engine replica its fill, so refusals come from the engines' bounds
-        "max_ongoing_requests": max(64, 2 * most_replicas * per_replica),
+        "max_ongoing_requests": max(64, 2 * fill),
     }
 
 
+def engine_deployment_name(model_name: str, num_models: int) -> str:
+    """`EngineReplica` for a one-model app; one deployment per model, named after it, otherwise."""
+    return "EngineReplica" if num_models == 1 else f"EngineReplica-{model_name.replace('#', '_')}"
+
+
 def build_app(args: Union[dict, AppConfig, None] = None) -> Application:
-    """The served application for an AppConfig (or its dict form, as in a Serve config file)."""
+    """The served application for an AppConfig (or its dict form, as in a Serve config file):
+    one engine deployment per model (`models`, or the config's one model) behind one ingress."""
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
-    config = resolve_placement(config)
-    as_dict = config.model_dump()
-    engine = EngineReplica.options(name="EngineReplica", **replica_options(config)).bind(as_dict)
-    return OpenAIIngress.options(name="OpenAIIngress", **ingress_options(config)).bind(as_dict, engine)
+    models = [resolve_placement(model) for model in config.model_configs()]
+    names = [served_model_name(model) for model in models]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ValueError(f"models.{index}.model_name: {name!r} is served by an earlier entry too")
+    engines = {name: EngineReplica.options(name=engine_deployment_name(name, len(models)),
+                                           **replica_options(model)).bind(model.model_dump())
+               for name, model in zip(names, models)}
+    return OpenAIIngress.options(name="OpenAIIngress", **ingress_options(config)).bind(config.model_dump(), engines)

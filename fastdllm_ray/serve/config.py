@@ -7,9 +7,9 @@ flags, and what the KubeRay RayService embeds.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class EngineSettings(BaseModel):
@@ -33,6 +33,11 @@ class AutoscalingSettings(BaseModel):
     target_ongoing_requests: Optional[float] = Field(
         None, gt=0, description="default: the engine's max_num_seqs"
     )
+    # None = Serve's own defaults (30 s up, 600 s down, 30 s look-back); deployments/README.md
+    # says how to size them against a replica's start-up time
+    upscale_delay_s: Optional[float] = Field(None, ge=0, description="load above target this long adds replicas")
+    downscale_delay_s: Optional[float] = Field(None, ge=0, description="load below target this long removes replicas")
+    look_back_period_s: Optional[float] = Field(None, gt=0, description="window the ongoing requests are averaged over")
 
     @model_validator(mode="after")
     def _ordered(self) -> "AutoscalingSettings":
@@ -63,3 +68,35 @@ class AppConfig(BaseModel):
     request_timeout_s: float = Field(600.0, gt=0)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body; more is refused with 413")
     seed: int = Field(0, description="engine seed for temperature > 0 and random remasking")
+    models: list[dict[str, Any]] = Field(
+        default_factory=list, description="several models behind one ingress, routed by the request's `model`: "
+        "each entry is laid over this config (engine and autoscaling key by key); empty = the one model above")
+
+    @model_validator(mode="after")
+    def _entries_valid(self) -> "AppConfig":
+        self.model_configs()  # an entry's error names it: models.<i>.<field>
+        return self
+
+    def model_configs(self) -> list["AppConfig"]:
+        """One AppConfig per served model: this one, or each `models` entry laid over it."""
+        return [self._entry(i, entry) for i, entry in enumerate(self.models)] if self.models else [self]
+
+    def _entry(self, index: int, entry: dict[str, Any]) -> "AppConfig":
+        for key in APP_WIDE_FIELDS & set(entry):
+            raise ValueError(f"models.{index}.{key}: an app-wide setting, set once at the top level")
+        merged = self.model_dump(exclude={"models"})
+        if "autoscaling" in entry and "num_replicas" not in entry:
+            merged["num_replicas"] = None  # an entry that asks for autoscaling is autoscaled
+        for key, value in entry.items():
+            both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+            merged[key] = {**merged[key], **value} if both_dicts else value
+        try:
+            return AppConfig.model_validate(merged)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"models.{index}.{field}: {first['msg']}") from None
+
+
+# the ingress's own settings: one value for every model behind it
+APP_WIDE_FIELDS = frozenset({"api_keys", "max_body_bytes", "models"})

@@ -181,7 +181,8 @@ def completion_request(req: CompletionRequest, encoder: PromptEncoder, max_model
     params = _generation_params(req, req.max_tokens, max_model_len, default_max_tokens)
     stop = _stop_strings(req.stop)
     prompt = req.prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+    # a batch of one (lm-eval's local-completions sends [[ids]] or [text]) is that one prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
         if len(prompt) != 1:
             raise RequestError("prompt: only one prompt per request is supported", param="prompt")
         prompt = prompt[0]

@@ -74,7 +74,7 @@ class GuardMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope.get("path", "")
+        path = route_path(scope)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         status_seen = {}
 
@@ -120,6 +120,15 @@ class GuardMiddleware:
                 return error_response(401, message, code="invalid_api_key", type="authentication_error",
                                       headers={"WWW-Authenticate": "Bearer"})
         return None
+
+
+def route_path(scope) -> str:
+    """The request's path inside the app: under a Serve route prefix (`/<app>/v1/...`) the
+    scope's path still holds the prefix, which `root_path` names (FastAPI's routing drops it too)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root + "/"):
+        return path[len(root):]
+    return path
 
 
 def _too_large(limit: int) -> JSONResponse:

@@ -5,8 +5,13 @@ adds `_total` to a counter only when its name lacks it, gives histograms `_bucke
 (`le` label), `_sum` and `_count`, and adds its own labels (Component, NodeAddress,
 SessionName, Version, WorkerId, otel_scope_*). Names as scraped, with our labels:
 
-  ray_fastdllm_requests_total{model,replica,status}       counter  finished requests; status =
-        stop | length (answered) | cancelled (client left) | error | rejected (queue full) | invalid
+  ray_fastdllm_requests_total{application,model,replica,status}  counter  every generation request,
+        once, by how it ended (counted by the ingress; statuses in serve/fates.py): stop | length |
+        cancelled | timeout | error | failed | rejected | refused | invalid | unauthorized | too_large;
+        replica = the engine replica that took it, model = the served model it named ("none" for either
+        when there was none)
+  ray_fastdllm_requests_received_total{application,route}   counter  generation requests the ingress
+        received; minus the sum of requests_total, the requests in flight
   ray_fastdllm_prompt_tokens_total{model,replica}          counter  prompt tokens of finished requests
   ray_fastdllm_generated_tokens_total{model,replica}       counter  answer tokens produced
   ray_fastdllm_nfe_total{model,replica}                    counter  forward evaluations (sequence-forwards)
@@ -57,7 +62,6 @@ class ReplicaMetrics:
             metric.set_default_tags(tags)
             return metric
 
-        self.requests = make(Counter, "fastdllm_requests_total", "finished requests by status", ("status",))
         self.prompt_tokens = make(Counter, "fastdllm_prompt_tokens_total", "prompt tokens")
         self.generated_tokens = make(Counter, "fastdllm_generated_tokens_total", "generated answer tokens")
         self.nfe = make(Counter, "fastdllm_nfe_total", "forward evaluations (sequence-forwards)")
@@ -77,11 +81,7 @@ class ReplicaMetrics:
                             boundaries=LATENCY_BOUNDARIES_S)
         self._forwards_seen: dict[tuple[str, str | None], int] = {}  # counter -> engine count already exported
 
-    def observe_refusal(self, status: str) -> None:
-        self.requests.inc(1, tags={"status": status})
-
     def observe_result(self, result: GenerationResult) -> None:
-        self.requests.inc(1, tags={"status": result.finish_reason})
         self.prompt_tokens.inc(len(result.prompt_ids))
         if result.token_ids:
             self.generated_tokens.inc(len(result.token_ids))
@@ -138,3 +138,25 @@ class IngressMetrics:
 
     def observe(self, route: str, code: int) -> None:
         self.responses.inc(1, tags={"route": route, "code": str(code)})
+
+
+# ---- request fates: counted by the ingress, which sees every request (serve/fates.py) ----
+
+class RequestFateMetrics:
+    """`requests_received_total` as a generation request arrives, `requests_total` once as it ends;
+    both carry the Serve application (as Serve's own metrics name it), so that several apps on one
+    cluster each add up."""
+
+    def __init__(self, application: str) -> None:
+        self.received = Counter("fastdllm_requests_received_total", "generation requests received by the ingress",
+                                tag_keys=("application", "route"))
+        self.requests = Counter("fastdllm_requests_total", "generation requests by how they ended",
+                                tag_keys=("application", "model", "replica", "status"))
+        for metric in (self.received, self.requests):
+            metric.set_default_tags({"application": application})
+
+    def receive(self, route: str) -> None:
+        self.received.inc(1, tags={"route": route})
+
+    def settle(self, model: str, replica: str, status: str) -> None:
+        self.requests.inc(1, tags={"model": model, "replica": replica, "status": status})

@@ -51,8 +51,8 @@ class FastDLLMFields(BaseModel):
 
 
 class CompletionRequest(FastDLLMFields):
-    prompt: Union[str, list[str], list[int]] = Field(
-        description="text, a list holding one text, or token ids"
+    prompt: Union[str, list[str], list[int], list[list[int]]] = Field(
+        description="text, a list holding one text, token ids, or a list holding one list of token ids"
     )
     echo: bool = False
 

@@ -66,6 +66,7 @@ class EngineReplica:
             replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (a script or a test)
             replica = f"local-{os.getpid()}"
+        self.replica_id = replica  # in every admission, so the ingress can count each request's fate by replica
         self.metrics = ReplicaMetrics(served_model_name(self.config), replica)
         self._sampler = GaugeSampler(self._sample_gauges)
         logger.info("engine replica %s: %s on %s, %d seats, %d tokens each at most, %d K/V pages of %d, "
@@ -81,16 +82,14 @@ class EngineReplica:
         try:
             stream = self.engine.generate(prompt_ids, params, request_id)
         except QueueFullError as exc:
-            self.metrics.observe_refusal("rejected")
-            yield {"status": "rejected", "message": str(exc)}
+            yield {"status": "rejected", "message": str(exc), "replica": self.replica_id}
             return
         except ValueError as exc:
-            self.metrics.observe_refusal("invalid")
-            yield {"status": "invalid", "message": str(exc)}
+            yield {"status": "invalid", "message": str(exc), "replica": self.replica_id}
             return
         finished = False
         try:
-            yield {"status": "accepted"}
+            yield {"status": "accepted", "replica": self.replica_id}
             async for out in stream:
                 if out.result is not None:
                     self.metrics.observe_result(out.result)

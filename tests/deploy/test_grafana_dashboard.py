@@ -62,7 +62,7 @@ def test_metric_names_skips_functions_labels_and_variables():
 def test_dashboard_has_the_panels_operators_need():
     titles = " | ".join(panel["title"].lower() for panel in DASHBOARD["panels"])
     for topic in ("tokens / s", "latency", "tokens per forward", "cache hit rate", "batch size",
-                  "queue length", "replicas"):
+                  "queue length", "replicas", "request fates"):
         assert topic in titles
     for where, expr in dashboard_queries():
         assert metric_names(expr), f"{where}: no metric in {expr!r}"

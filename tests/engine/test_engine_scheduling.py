@@ -37,16 +37,37 @@ def test_requests_beyond_max_num_seqs_wait_then_run(ref_model, reference):
     assert [(results[i].token_ids, results[i].nfe) for i in ids] == [(r.token_ids, r.nfe) for r in alone]
 
 
-def test_beyond_max_queue_the_request_is_refused(ref_model, reference):
+def test_beyond_the_free_seats_and_max_queue_the_request_is_refused(ref_model, reference):
     engine = Engine(ref_model, EngineConfig(max_num_seqs=1, max_queue=2))
-    first, second, third = prompts(reference, 3)
-    engine.add_request(first, PARAMS)
+    first, second, third, fourth = prompts(reference, 4)
+    engine.add_request(first, PARAMS, request_id="first")  # for the free seat
     engine.add_request(second, PARAMS)
+    engine.add_request(third, PARAMS)  # two queued
     with pytest.raises(QueueFullError):
-        engine.add_request(third, PARAMS)
-    engine.step()  # the first takes the slot: one place in the queue frees up
+        engine.add_request(fourth, PARAMS)
+    engine.step()  # the first takes the seat: the queue is still full
+    with pytest.raises(QueueFullError):
+        engine.add_request(fourth, PARAMS)
+    engine.abort("first")
+    engine.step()  # the second takes the seat: one place in the queue frees up
+    engine.add_request(fourth, PARAMS)
+    assert len(run_to_end(engine)) == 3  # the second, third and fourth (the first ended cancelled)
+
+
+def test_a_seat_freed_before_the_next_step_counts_as_room(ref_model, reference):
+    # what the Serve router assumes: it allows max_num_seqs + max_queue requests in flight, and
+    # one finished leaves room at once, not only after the engine's next step seats the queue
+    engine = Engine(ref_model, EngineConfig(max_num_seqs=1, max_queue=1))
+    first, second, third = prompts(reference, 3)
+    engine.add_request(first, PARAMS, request_id="first")
+    engine.step()
+    engine.add_request(second, PARAMS)  # the queue is full
+    while not any(out.finished and out.request_id == "first" for out in engine.step()):
+        pass
+    assert (engine.num_running, engine.num_waiting) == (0, 1)  # the second not seated yet
     engine.add_request(third, PARAMS)
-    assert len(run_to_end(engine)) == 3
+    with pytest.raises(QueueFullError):
+        engine.add_request(first, PARAMS)  # but only that seat
 
 
 def test_abort_frees_the_slot_for_the_next_request(ref_model, reference):

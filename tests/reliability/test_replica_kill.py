@@ -4,16 +4,14 @@ Retry-After), the other replica keeps answering, and requests after recovery suc
 
 from __future__ import annotations
 
-import asyncio
 import time
-from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME
 from fastdllm_ray.serve.config import AppConfig
-from serve_harness import running_app
+from serve_harness import load_through_outage, running_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -23,16 +21,6 @@ CLIENTS = 8
 RECOVERY_TIMEOUT_S = 120
 BODY = {"model": DEFAULT_MODEL_NAME, "messages": [{"role": "user", "content": "21+21="}], "max_tokens": 32,
         "block_length": 8, "steps": 32}
-
-
-@dataclass
-class Outcome:
-    started: float
-    ended: float
-    status: int
-    code: str | None = None
-    retry_after: str | None = None
-    message: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -74,38 +62,13 @@ def wait_replaced(killed: str) -> float:
         time.sleep(0.5)
 
 
-async def client(http: httpx.AsyncClient, url: str, stop: asyncio.Event, log: list[Outcome]) -> None:
-    while not stop.is_set():
-        started = time.monotonic()
-        reply = await http.post(f"{url}/v1/chat/completions", json=BODY)
-        outcome = Outcome(started, time.monotonic(), reply.status_code)
-        if reply.status_code != 200:
-            outcome.code, outcome.message = reply.json()["error"]["code"], reply.json()["error"]["message"]
-            outcome.retry_after = reply.headers.get("retry-after")
-        log.append(outcome)
-
-
 @pytest.fixture(scope="module")
 def kill_under_load(base_url):
     """Load from CLIENTS clients; a replica killed 4 s in; load until 4 s after its successor runs."""
     victims = sorted(engine_replica_actors())
     assert len(victims) == 2 and running_replicas() == 2
 
-    async def scenario():
-        log: list[Outcome] = []
-        stop = asyncio.Event()
-        async with httpx.AsyncClient(timeout=90) as http:
-            tasks = [asyncio.create_task(client(http, base_url, stop, log)) for _ in range(CLIENTS)]
-            await asyncio.sleep(4)
-            killed_at = time.monotonic()
-            await asyncio.to_thread(kill, victims[0])
-            recovered_at = await asyncio.to_thread(wait_replaced, victims[0])
-            await asyncio.sleep(4)
-            stop.set()
-            await asyncio.gather(*tasks)
-        return log, killed_at, recovered_at
-
-    return asyncio.run(scenario())
+    return load_through_outage(base_url, BODY, CLIENTS, lambda: kill(victims[0]), lambda: wait_replaced(victims[0]))
 
 
 def test_only_requests_caught_by_the_dead_replica_fail_and_retryably(kill_under_load):

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import httpx
 from tests.net import free_port
@@ -39,3 +41,51 @@ def replica_stats(app_name: str = "fastdllm") -> dict:
     from ray import serve
 
     return serve.get_deployment_handle("EngineReplica", app_name=app_name).stats.remote().result()
+
+
+@dataclass
+class Outcome:
+    """One request of a client loop: when it ran, its status and, when refused, why."""
+
+    started: float
+    ended: float
+    status: int
+    code: str | None = None
+    retry_after: str | None = None
+    message: str = ""
+
+
+async def client_loop(http: httpx.AsyncClient, url: str, body: dict, stop: asyncio.Event,
+                      log: list[Outcome]) -> None:
+    """Sends `body` to /v1/chat/completions, one request after another, until `stop` is set."""
+    while not stop.is_set():
+        started = time.monotonic()
+        reply = await http.post(f"{url}/v1/chat/completions", json=body)
+        outcome = Outcome(started, time.monotonic(), reply.status_code)
+        if reply.status_code != 200:
+            outcome.code, outcome.message = reply.json()["error"]["code"], reply.json()["error"]["message"]
+            outcome.retry_after = reply.headers.get("retry-after")
+        log.append(outcome)
+
+
+def load_through_outage(url: str, body: dict, clients: int, break_it, wait_recovered) -> tuple[list[Outcome], float, float]:
+    """`clients` client loops; 4 s in, break_it() (the outage begins), then wait_recovered() (in a
+    thread, returns when the service is whole again); load goes on 4 s more. Returns every
+    request's outcome, when the outage began and when it was over."""
+
+    async def scenario():
+        log: list[Outcome] = []
+        stop = asyncio.Event()
+        async with httpx.AsyncClient(timeout=90) as http:
+            tasks = [asyncio.create_task(client_loop(http, url, body, stop, log)) for _ in range(clients)]
+            await asyncio.sleep(4)
+            broken_at = time.monotonic()
+            await asyncio.to_thread(break_it)
+            await asyncio.to_thread(wait_recovered)
+            recovered_at = time.monotonic()
+            await asyncio.sleep(4)
+            stop.set()
+            await asyncio.gather(*tasks)
+        return log, broken_at, recovered_at
+
+    return asyncio.run(scenario())

@@ -104,6 +104,15 @@ def test_prompt_token_ids_may_not_hold_the_mask_token(encoder):
         completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=[17, 101]), encoder, CONTEXT)
 
 
+def test_a_batch_of_one_token_list_is_that_prompt_and_a_bigger_batch_is_refused(encoder):
+    # lm-eval's local-completions sends its (tokenized) prompt as [[ids]]
+    one = completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=[[17, 18, 19]]), encoder, CONTEXT)
+    assert one.prompt_ids == [17, 18, 19]
+    with pytest.raises(RequestError, match="only one prompt") as refused:
+        completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=[[17], [18]]), encoder, CONTEXT)
+    assert refused.value.param == "prompt"
+
+
 def test_lone_surrogates_are_refused_not_crashed_on(encoder):
     with pytest.raises(RequestError) as refused:
         chat_request(chat(messages=[{"role": "user", "content": "ok \ud800"}]), encoder, CONTEXT)

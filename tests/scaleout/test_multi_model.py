@@ -1,0 +1,69 @@
+"""Two checkpoints behind one ingress, each request routed by its `model`: the shipped model
+and a random one of another size and vocabulary. Each answers with the text it gives alone
+(so the request reached that model), under its own limits, from its own replicas."""
+
+from __future__ import annotations
+
+import pytest
+from openai import BadRequestError, OpenAI
+from scaleout_models import AUTOSCALED, FATES, PAIR, RANDOM
+
+from fastdllm_ray import generate, load_model, load_tokenizer
+from fastdllm_ray.model.shipped import default_model_path
+from fastdllm_ray.serve.convert import PromptEncoder, chat_request
+from fastdllm_ray.serve.protocol import ChatCompletionRequest
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+
+SETTINGS = {"max_tokens": 64, "block_length": 32, "steps": 64}  # the shipped model answers well
+
+
+@pytest.fixture(scope="module")
+def client(app) -> OpenAI:
+    return OpenAI(base_url=f"{app.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def alone(checkpoint, question: str, max_model_len: int) -> tuple:
+    """What the checkpoint answers to a chat question outside the server."""
+    model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
+    encoder = PromptEncoder(tokenizer, model.config.embedding_size, model.config.mask_token_id)
+    body = ChatCompletionRequest(model="any", messages=[{"role": "user", "content": question}], **SETTINGS)
+    request = chat_request(body, encoder, max_model_len)
+    result = generate(model, [request.prompt_ids], request.params)[0]
+    text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
+    return text, result.finish_reason, len(result.token_ids), result.nfe
+
+
+def test_models_lists_every_model_with_its_own_length(client):
+    cards = {card.id: card.model_extra["max_model_len"] for card in client.models.list().data}
+    assert cards == {FATES: 512, PAIR: 512, RANDOM: 1024, AUTOSCALED: 512}
+
+
+def test_each_request_reaches_the_model_it_names(client, random_model_dir):
+    question, answers = "What is 17+25?", {}
+    for name, checkpoint, length in ((FATES, default_model_path(), 512), (RANDOM, random_model_dir, 1024)):
+        reply = client.chat.completions.create(model=name, messages=[{"role": "user", "content": question}],
+                                               extra_body=SETTINGS)
+        assert reply.model == name
+        answers[name] = (reply.choices[0].message.content, reply.choices[0].finish_reason,
+                         reply.usage.completion_tokens, reply.usage.nfe)
+        assert answers[name] == alone(checkpoint, question, length), name
+    assert "= 42" in answers[FATES][0]  # the trained model, where it was asked for
+    assert answers[FATES] != answers[RANDOM]  # two models, not one model twice
+
+
+def test_each_model_keeps_its_own_limits(client):
+    prompt = "1+" * 300  # 600 tokens: over the shipped model's 512, within the random one's 1024
+    with pytest.raises(BadRequestError) as refused:
+        client.completions.create(model=FATES, prompt=prompt, extra_body=SETTINGS)
+    assert refused.value.body["param"] in ("prompt", "max_tokens")
+    reply = client.completions.create(model=RANDOM, prompt=prompt, extra_body=SETTINGS)
+    assert reply.usage.prompt_tokens == 600
+
+
+def test_an_unknown_model_is_refused_naming_the_served_ones(client):
+    with pytest.raises(BadRequestError) as refused:
+        client.chat.completions.create(model="llada-9000", messages=[{"role": "user", "content": "hi"}])
+    error = refused.value.body
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert all(repr(name) in error["message"] for name in (FATES, PAIR, RANDOM, AUTOSCALED))
