@@ -1,10 +1,12 @@
-"""GPU benchmark on an LLaDA-8B-shaped model with random bf16 weights (run through the device tool).
+"""GPU benchmark on an LLaDA-8B- or Dream-7B-shaped model with random bf16 weights (run through
+the device tool; `--shape dream-7b` for Dream: grouped K/V heads, q/k/v biases, shifted logits).
 
 Measures, for cache none/prefix/dual with the fixed one-token-per-step schedule: tokens/s,
 ms per forward (refresh = full forward, block step separately), NFE and peak memory, and the
 floor of each forward from the bandwidth and bf16 matmul rate measured in the same run.
 
     PYTHONPATH=. python3 benchmarks/gpu.py --out BENCHMARKS.md --plot benchmarks/gpu_throughput.png
+    PYTHONPATH=. python3 benchmarks/gpu.py --shape dream-7b
 """
 
 from __future__ import annotations
@@ -18,20 +20,27 @@ from pathlib import Path
 import torch
 
 from fastdllm_ray import Engine, EngineConfig, GenerationParams
-from fastdllm_ray.model import LLaDAConfig, LLaDAModel
+from fastdllm_ray.model import DiffusionTransformer, DreamConfig, DreamModel, LLaDAConfig, LLaDAModel
 
 LLADA_8B = LLaDAConfig(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288,
                        vocab_size=126464, embedding_size=126464, max_sequence_length=4096,
                        mask_token_id=126336, eos_token_id=126081)
+# Dream-v0-Instruct-7B's config.json (Qwen2.5-7B's shape)
+DREAM_7B = DreamConfig(d_model=3584, n_heads=28, n_kv_heads=4, n_layers=28, mlp_hidden_size=18944,
+                       vocab_size=152064, max_sequence_length=4096, mask_token_id=151666, eos_token_id=151643,
+                       rope_theta=1000000.0)
+SHAPES = {"llada-8b": ("LLaDA-8B", LLADA_8B, LLaDAModel), "dream-7b": ("Dream-7B", DREAM_7B, DreamModel)}
+DEFAULT_AGREEMENT = {"llada-8b": "tests/fixtures/refdata/checkpoint,fastdllm_ray/assets/tiny-llada-arith",
+                     "dream-7b": "tests/fixtures/refdata-dream/checkpoint"}
 
 
-def random_model(cfg: LLaDAConfig, device: str = "cuda") -> LLaDAModel:
+def random_model(cfg, device: str = "cuda", model_class=LLaDAModel) -> DiffusionTransformer:
     with torch.device("meta"):
-        model = LLaDAModel(cfg)
+        model = model_class(cfg)
     model = model.to_empty(device=device).to(torch.bfloat16).eval().requires_grad_(False)
     gen = torch.Generator(device=device).manual_seed(0)
     for name, p in model.named_parameters():
-        if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+        if name.endswith(("norm.weight", "ln_f.weight", "layernorm.weight")):
             p.fill_(1.0)
         else:
             p.normal_(0.0, 0.02, generator=gen)
@@ -61,17 +70,19 @@ def measure_floors() -> dict:
     return {"bandwidth": bandwidth, "flops": 2 * 8192**3 / mm_s}
 
 
-def weight_bytes(model: LLaDAModel) -> int:
-    skip = model.transformer["wte"].weight
+def weight_bytes(model: DiffusionTransformer) -> int:
+    skip = model.embedding.weight
     return sum(p.numel() * p.element_size() for p in model.parameters() if p is not skip)
 
 
-def forward_cost(cfg: LLaDAConfig, batch: int, q_len: int, kv_len: int, n_logits: int, weights: int):
-    """(bytes, flops) of one batched forward: weights + K/V read; matmuls + attention."""
-    per_token_linear = 4 * cfg.d_model**2 + 3 * cfg.d_model * cfg.mlp_hidden_size
+def forward_cost(cfg, batch: int, q_len: int, kv_len: int, n_logits: int, weights: int):
+    """(bytes, flops) of one batched forward: weights + K/V read; matmuls + attention.
+    K/V are n_kv_heads x head_dim wide (grouped-query attention: narrower than d_model)."""
+    kv_dim = cfg.n_kv_heads * cfg.head_dim
+    per_token_linear = 2 * cfg.d_model**2 + 2 * cfg.d_model * kv_dim + 3 * cfg.d_model * cfg.mlp_hidden_size
     flops = 2 * batch * (q_len * per_token_linear * cfg.n_layers + n_logits * cfg.d_model * cfg.embedding_size)
     flops += 4 * batch * cfg.n_layers * q_len * kv_len * cfg.d_model
-    kv_bytes = batch * kv_len * cfg.n_layers * 2 * cfg.d_model * 2
+    kv_bytes = batch * kv_len * cfg.n_layers * 2 * kv_dim * 2
     return weights + kv_bytes, flops
 
 
@@ -181,9 +192,9 @@ def _agreement_cases(directory, model, load_tokenizer):
         model.end_token_ids = ()
         cases = json.loads(ref.read_text())["cases"]
         return [c["prompt"] for c in cases], [GenerationParams(
-            steps=c["steps"], gen_length=c["gen_length"], block_length=c["block_length"],
-            threshold=c.get("threshold"), factor=c.get("factor"), cache=c["cache"], stop_at_eos=False)
-            for c in cases]
+            steps=c["steps"], gen_length=c["gen_length"], block_length=c.get("block_length", c["gen_length"]),
+            threshold=c.get("threshold"), factor=c.get("factor"), alg=c.get("alg"), cache=c["cache"],
+            stop_at_eos=False) for c in cases]
     tok = load_tokenizer(directory)
     questions = [f"What is {a}+{b}?" for a, b in [(23, 58), (7, 5), (120, 33), (64, 64), (9, 91), (45, 17)]]
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
@@ -194,9 +205,9 @@ def _agreement_cases(directory, model, load_tokenizer):
     return [p for p in prompts for _ in settings], [q for _ in prompts for q in settings]
 
 
-def markdown(runs: list[Run], floors: dict, device: str, command: str, agree, churn=()) -> str:
+def markdown(runs: list[Run], floors: dict, device: str, command: str, agree, churn=(), shape="LLaDA-8B") -> str:
     lines = [f"Device: {device}; measured copy bandwidth {floors['bandwidth'] / 1e12:.2f} TB/s (read+write), "
-             f"bf16 matmul {floors['flops'] / 1e12:.0f} TFLOP/s. LLaDA-8B shape, random bf16 weights, "
+             f"bf16 matmul {floors['flops'] / 1e12:.0f} TFLOP/s. {shape} shape, random bf16 weights, "
              "block 32, one token per step (steps = gen), stop_at_eos off. Floor = max(bytes / bandwidth, "
              "FLOPs / matmul rate) of one forward. `compiled` = CUDA graphs + torch.compile'd block math + "
              "fused projections; `graphs` = CUDA graphs only; `eager` = neither.", "",
@@ -224,7 +235,7 @@ def markdown(runs: list[Run], floors: dict, device: str, command: str, agree, ch
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[Run], path: str) -> None:
+def plot(runs: list[Run], path: str, shape: str = "LLaDA-8B") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,7 +252,7 @@ def plot(runs: list[Run], path: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("batch (concurrent sequences)")
     ax.set_ylabel("generated tokens/s")
-    ax.set_title("LLaDA-8B shape on one GPU, prompt 128, gen 256")
+    ax.set_title(f"{shape} shape on one GPU, prompt 128, gen 256")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -255,13 +266,16 @@ def main() -> None:
                     "dual:1:512:1024,prefix:1:512:1024,none:1:512:1024,dual:8:512:1024,prefix:8:512:1024")
     ap.add_argument("--configs", default=default_configs, help="cache:batch:prompt:gen[:variant], comma-separated")
     ap.add_argument("--budget", type=float, default=25.0, help="seconds per configuration at most")
-    ap.add_argument("--agreement", default="tests/fixtures/refdata/checkpoint,fastdllm_ray/assets/tiny-llada-arith")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="llada-8b")
+    ap.add_argument("--agreement", default=None, help="checkpoints to compare bf16 GPU with float32 CPU on "
+                                                      "(default: the shape's family's test checkpoints)")
     ap.add_argument("--staggered", type=int, default=0,
                     help="also run N requests of unaligned traffic with and without CUDA graphs")
     ap.add_argument("--out-dir", default=None, help="write gpu.md (a BENCHMARKS.md section) and a PNG here")
     args = ap.parse_args()
     floors = measure_floors()
-    model = random_model(LLADA_8B)
+    shape, shape_config, model_class = SHAPES[args.shape]
+    model = random_model(shape_config, model_class=model_class)
     device = torch.cuda.get_device_name()
     print(f"device {device}  copy bandwidth {floors['bandwidth'] / 1e12:.2f} TB/s  "
           f"bf16 matmul {floors['flops'] / 1e12:.0f} TFLOP/s  weights {weight_bytes(model) / 1e9:.1f} GB", flush=True)
@@ -280,15 +294,18 @@ def main() -> None:
         churn = churn[1:]
     del model
     torch.cuda.empty_cache()
-    agree = agreement([d for d in args.agreement.split(",") if d and Path(d, "config.json").exists()])
+    agreement_dirs = args.agreement if args.agreement is not None else DEFAULT_AGREEMENT[args.shape]
+    agree = agreement([d for d in agreement_dirs.split(",") if d and Path(d, "config.json").exists()])
     command = "PYTHONPATH=. python3 benchmarks/gpu.py" + (f" --budget {args.budget:g}" if args.budget != 25 else "")
+    command += f" --shape {args.shape}" if args.shape != "llada-8b" else ""
     command += f" --staggered {args.staggered}" if args.staggered else ""
     command += f" --configs {args.configs}" if args.configs != default_configs else ""
-    text = markdown(runs, floors, device, command, agree, churn)
+    text = markdown(runs, floors, device, command, agree, churn, shape)
     print(text)
     if args.out_dir:
         Path(args.out_dir, "gpu.md").write_text(text)
-        plot(runs, str(Path(args.out_dir, "gpu_throughput.png")))
+        plot(runs, str(Path(args.out_dir, f"gpu_throughput{'' if args.shape == 'llada-8b' else '_' + args.shape}.png")),
+             shape)
 
 
 if __name__ == "__main__":

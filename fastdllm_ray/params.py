@@ -13,6 +13,8 @@ from typing import Literal, Optional
 CacheMode = Literal["none", "prefix", "dual"]
 CACHE_MODES = ("none", "prefix", "dual")
 REMASKING_MODES = ("low_confidence", "random")
+# Dream's choice rules (its generation_utils' `alg`); LLaDA models choose by `remasking`
+DREAM_ALGS = ("entropy", "maskgit_plus", "topk_margin", "confidence_threshold")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class GenerationParams:
     multiple of block_length (`padded_gen_length`) and the answer cut back to gen_length.
     `steps` are spread evenly over the blocks (`steps_per_block`). With `threshold` or
     `factor` set, the number committed per step is decided by confidence instead.
+    `alg` is Dream's choice rule (None: "confidence_threshold" when `threshold` is set,
+    else "entropy"); which fields apply to the loaded model's family is checked where the
+    model is known (decoding/policy.py).
     """
 
     steps: int = 128
@@ -34,6 +39,7 @@ class GenerationParams:
     remasking: str = "low_confidence"
     cache: CacheMode = "dual"
     stop_at_eos: bool = True
+    alg: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check_int("gen_length", self.gen_length, minimum=1)
@@ -61,6 +67,8 @@ class GenerationParams:
             raise ValueError(f"remasking: {self.remasking!r} is not one of {REMASKING_MODES}")
         if self.cache not in CACHE_MODES:
             raise ValueError(f"cache: {self.cache!r} is not one of {CACHE_MODES}")
+        if self.alg is not None and self.alg not in DREAM_ALGS:
+            raise ValueError(f"alg: {self.alg!r} is not one of {DREAM_ALGS}")
         if not isinstance(self.stop_at_eos, bool):
             raise ValueError(f"stop_at_eos: {self.stop_at_eos!r} is not a bool")
 

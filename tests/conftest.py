@@ -34,3 +34,28 @@ def ref_model(_ref_model_session, monkeypatch):
     a test may set `end_token_ids` freely: it is restored afterwards."""
     monkeypatch.setattr(_ref_model_session, "end_token_ids", ())
     return _ref_model_session
+
+
+DREAM_REFDATA = Path(__file__).parent / "fixtures" / "refdata-dream"
+DREAM_CHECKPOINT = DREAM_REFDATA / "checkpoint"
+
+
+@pytest.fixture(scope="session")
+def dream_reference() -> dict:
+    return json.loads((DREAM_REFDATA / "reference.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def _dream_model_session():
+    from fastdllm_ray import load_model
+
+    return load_model(DREAM_CHECKPOINT)
+
+
+@pytest.fixture
+def dream_model(_dream_model_session, monkeypatch):
+    """The Dream refdata checkpoint (float32, CPU) with no end tokens, as the refdata assumes."""
+    monkeypatch.setattr(_dream_model_session, "end_token_ids", ())
+    return _dream_model_session
+
+TINY_DREAM = Path(__file__).parent / "fixtures" / "tiny-dream"  # random weights, Dream's tokenizer shape

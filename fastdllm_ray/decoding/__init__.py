@@ -2,6 +2,7 @@
 
 from fastdllm_ray.decoding.schedule import fixed_commit_counts, num_to_commit
 from fastdllm_ray.decoding.select import (
+    RULE_CAPPED_THRESHOLD,
     RULE_FACTOR,
     RULE_FIXED,
     RULE_THRESHOLD,
@@ -10,5 +11,5 @@ from fastdllm_ray.decoding.select import (
     select_transfer,
 )
 
-__all__ = ["RULE_FACTOR", "RULE_FIXED", "RULE_THRESHOLD", "StepRules", "fixed_commit_counts",
+__all__ = ["RULE_CAPPED_THRESHOLD", "RULE_FACTOR", "RULE_FIXED", "RULE_THRESHOLD", "StepRules", "fixed_commit_counts",
            "num_to_commit", "predict", "select_transfer"]

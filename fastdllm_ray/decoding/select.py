@@ -3,9 +3,10 @@
 Per position: the predicted token x0 (argmax, after float64 Gumbel noise when the row's
 temperature is > 0) and its confidence (float64 softmax probability of x0, or a uniform
 random rank under remasking='random'). Per row, the number of masked positions to commit:
-fixed count, threshold (all >= threshold, at least one) or factor (largest n whose n-th
-confidence >= 1 - factor/(n+1), at least one; all when only the last fails, as the
-reference does). The committed ones are the most confident masked positions.
+fixed count, threshold (all >= threshold, at least one), capped threshold (the same, at most
+the fixed count: Dream's confidence_threshold) or factor (largest n whose n-th confidence
+>= 1 - factor/(n+1), at least one; all when only the last fails, as the reference does).
+The committed ones are the most confident masked positions.
 """
 
 from __future__ import annotations
@@ -14,21 +15,22 @@ from dataclasses import dataclass
 
 import torch
 
-RULE_FIXED, RULE_THRESHOLD, RULE_FACTOR = 0, 1, 2
+RULE_FIXED, RULE_THRESHOLD, RULE_FACTOR, RULE_CAPPED_THRESHOLD = 0, 1, 2, 3
 
 
 @dataclass
 class StepRules:
     """Per-row decoding parameters of a batch, as tensors on the logits' device."""
 
-    rule: torch.Tensor  # [B] long: RULE_FIXED | RULE_THRESHOLD | RULE_FACTOR
-    fixed_count: torch.Tensor  # [B] long: positions to commit under RULE_FIXED
+    rule: torch.Tensor  # [B] long: RULE_FIXED | RULE_THRESHOLD | RULE_FACTOR | RULE_CAPPED_THRESHOLD
+    fixed_count: torch.Tensor  # [B] long: positions to commit under RULE_FIXED (at most, capped)
     threshold: torch.Tensor  # [B] float64
     factor: torch.Tensor  # [B] float64
     temperature: torch.Tensor  # [B] float64
     random_remasking: torch.Tensor  # [B] bool
     any_sampling: bool  # some row has temperature > 0 (known on the host: no sync)
     any_random: bool  # some row remasks at random
+    alg: torch.Tensor | None = None  # [B] long: a family's own confidence kind (decoding/dream.py)
 
 
 def confidence_of(logits: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -69,7 +71,9 @@ def commit_counts(sorted_conf: torch.Tensor, masked_count: torch.Tensor, rules: 
     index = torch.arange(n, device=sorted_conf.device)
     valid = index[None, :] < masked_count[:, None]
 
-    above = (sorted_conf >= rules.threshold[:, None]) & valid
+    # compared in the confidence's dtype, as the references compare a float32 confidence
+    # with a Python float
+    above = (sorted_conf >= rules.threshold[:, None].to(sorted_conf.dtype)) & valid
     by_threshold = above.sum(dim=1).clamp(min=1)
 
     bar = 1.0 - rules.factor[:, None] / (index[None, :] + 2).double()
@@ -79,6 +83,7 @@ def commit_counts(sorted_conf: torch.Tensor, masked_count: torch.Tensor, rules: 
 
     count = torch.where(rules.rule == RULE_THRESHOLD, by_threshold, rules.fixed_count)
     count = torch.where(rules.rule == RULE_FACTOR, by_factor, count)
+    count = torch.where(rules.rule == RULE_CAPPED_THRESHOLD, torch.minimum(by_threshold, rules.fixed_count), count)
     return torch.minimum(count, masked_count)
 
 

@@ -23,7 +23,7 @@ from fastdllm_ray.engine.scheduler import QueueFullError, Scheduler
 from fastdllm_ray.engine.sequence import Sequence, Status
 from fastdllm_ray.engine.stats import EngineStats
 from fastdllm_ray.engine.step_events import step_event
-from fastdllm_ray.model import LLaDAModel
+from fastdllm_ray.model import DiffusionTransformer
 from fastdllm_ray.params import GenerationParams
 
 
@@ -59,7 +59,7 @@ def as_token_ids(values) -> list:
 
 
 class Engine:
-    def __init__(self, model: LLaDAModel, config: EngineConfig | None = None) -> None:
+    def __init__(self, model: DiffusionTransformer, config: EngineConfig | None = None) -> None:
         self.model = model
         self.config = config or EngineConfig()
         self.max_model_len = min(self.config.max_model_len or model.config.max_sequence_length,
@@ -105,6 +105,8 @@ class Engine:
         """Raises ValueError naming the field when this model cannot run the request."""
         if not isinstance(params, GenerationParams):
             raise ValueError(f"params: {type(params).__name__} is not GenerationParams")
+        self.runner.policy.validate(params)
+        params = self.runner.policy.effective(params)
         if len(prompt_ids) == 0:
             raise ValueError("prompt: is empty")
         vocab = self.model.config.embedding_size
@@ -132,7 +134,7 @@ class Engine:
         prompt_ids = as_token_ids(prompt_ids)
         self.validate(prompt_ids, params)
         request_id = request_id or f"req-{next(self._ids)}"
-        seq = Sequence(request_id, prompt_ids, params, stream_steps=bool(stream_steps))
+        seq = Sequence(request_id, prompt_ids, self.runner.policy.effective(params), stream_steps=bool(stream_steps))
         with self._lock:
             if request_id in self._sequences:
                 raise ValueError(f"request_id: {request_id!r} is already running")
@@ -198,11 +200,13 @@ class Engine:
         return outputs
 
     def _advance(self, seq: Sequence, outcome: RowOutcome) -> BlockOutput | None:
+        self.runner.policy.after_step(seq, outcome.committed)
         seq.nfe += 1
         event = None
         if seq.stream_steps:
             event = step_event(seq, outcome.block_tokens, outcome.remaining, self.model.config.mask_token_id)
         seq.step += 1
+        seq.masked = outcome.remaining
         if outcome.remaining:
             return None if event is None else BlockOutput(seq.request_id, [], finished=False, step=event)
         now = time.monotonic()
@@ -225,8 +229,7 @@ class Engine:
                 final = self._finish(seq, "stop" if stop else "length")
             final.token_ids, final.step = tokens, event
             return final
-        seq.block += 1
-        seq.step = 0
+        seq.start_next_block()
         return BlockOutput(seq.request_id, tokens, finished=False, step=event)
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> BlockOutput:

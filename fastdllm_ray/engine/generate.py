@@ -6,12 +6,12 @@ from collections.abc import Sequence as Seq
 
 from fastdllm_ray.engine.engine import Engine, EngineConfig, as_token_ids
 from fastdllm_ray.engine.outputs import GenerationResult
-from fastdllm_ray.model import LLaDAModel
+from fastdllm_ray.model import DiffusionTransformer
 from fastdllm_ray.params import GenerationParams
 
 
 def generate(
-    model: LLaDAModel,
+    model: DiffusionTransformer,
     prompts: Seq[Seq[int]],
     params: GenerationParams | Seq[GenerationParams] | None = None,
     max_batch_size: int = 64,
@@ -52,7 +52,7 @@ def generate(
     return [results[i] for i in ids]
 
 
-def _engine_for(model: LLaDAModel, prompts, per_prompt, max_batch_size: int) -> Engine:
+def _engine_for(model: DiffusionTransformer, prompts, per_prompt, max_batch_size: int) -> Engine:
     """The model's engine for generate(), kept on the model between calls (its compiled code,
     CUDA graphs and cache are reused); made anew, larger, only when a call needs more seats or
     a longer context than it has, or when another thread is using it."""

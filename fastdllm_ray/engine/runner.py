@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fastdllm_ray.decoding import predict, select_transfer
-from fastdllm_ray.decoding.select import confidence_of
+from fastdllm_ray.decoding import select_transfer
+from fastdllm_ray.decoding.policy import policy_for
 from fastdllm_ray.engine.cuda_graphs import BLOCK_BUCKETS, TOKEN_BUCKETS, StepGraphs, bucket, row_buckets
 from fastdllm_ray.engine.sequence import Sequence
 from fastdllm_ray.engine.step_inputs import (BLOCK_LEN, FIXED, NUM_COLUMNS, Q_LEN, SLOT, TOTAL, PackedStep, block_inputs,
                                              body_inputs, pack_rows)
-from fastdllm_ray.model import LLaDAModel, PagedKVCache
+from fastdllm_ray.model import DiffusionTransformer, PagedKVCache
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ForwardStats:
 
 
 class ModelRunner:
-    def __init__(self, model: LLaDAModel, num_slots: int, max_model_len: int, num_pages: int, page_size: int,
+    def __init__(self, model: DiffusionTransformer, num_slots: int, max_model_len: int, num_pages: int, page_size: int,
                  seed: int = 0, cuda_graphs: bool = True, compile_blocks: bool = True) -> None:
         cfg = model.config
         self.model = model
@@ -52,10 +52,11 @@ class ModelRunner:
         # the host side of self.rows: pinned, so the one copy per step is asynchronous
         self.rows_host = torch.zeros(num_slots, NUM_COLUMNS, dtype=torch.float64, pin_memory=on_cuda)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.confidence_fn = confidence_of
+        self.policy = policy_for(cfg.model_type)  # the family's decoding rules
+        self.confidence_fn = self.policy.confidence_fn
         if compile_blocks and on_cuda:
             model.compile_blocks()
-            self.confidence_fn = torch.compile(confidence_of, dynamic=True)
+            self.confidence_fn = torch.compile(self.policy.confidence_fn, dynamic=True)
         self.graphs = StepGraphs([self.canvas]) if cuda_graphs and on_cuda else None
         # graphs cover steps up to the largest token bucket that a full engine can reach; a
         # bigger step is compute-bound and runs eagerly
@@ -89,8 +90,8 @@ class ModelRunner:
         logits = self.model.logits(hidden[inputs.hidden_index.reshape(-1)]).view(n_rows, width, -1)
         current = self.canvas[inputs.slots[:, None], inputs.canvas_pos]
         masked = (current == self.mask_id) & inputs.in_block
-        x0, confidence = predict(logits, inputs.rules, self.generator, self.confidence_fn, self.mask_id)
-        chosen = select_transfer(confidence, masked, inputs.rules)
+        x0, confidence = self.policy.predict(logits, inputs.rules, self.generator, self.confidence_fn, self.mask_id)
+        chosen = select_transfer(confidence, masked & inputs.eligible, inputs.rules)
         updated = torch.where(chosen, x0, current)
         self.canvas[inputs.slots[:, None], inputs.canvas_pos] = updated
         remaining = (masked & ~chosen).sum(dim=1, keepdim=True)
@@ -101,7 +102,7 @@ class ModelRunner:
     def step(self, seqs: list[Sequence]):
         """One forward and one decoding step for every sequence in seqs; returns per-row
         outcomes and stats."""
-        packed = pack_rows(seqs, self.rows_host)
+        packed = pack_rows(seqs, self.rows_host, self.policy)
         self.rows.copy_(self.rows_host, non_blocking=True)  # the host buffer is rewritten after this step's sync
         result = self._run(packed)
         rows = result[: packed.n_rows].tolist()  # the one host sync

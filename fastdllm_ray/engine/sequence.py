@@ -31,6 +31,8 @@ class Sequence:
     pages: list[int] = field(default_factory=list)  # K/V cache pages, held from admission to the end
     block: int = 0  # index of the block being decoded
     step: int = 0  # forwards already run inside the current block
+    masked: int = -1  # masked positions left in the current block (set in __post_init__)
+    carried: int = 0  # positions a step chose not to commit, owed by the next (decoding/dream.py)
     nfe: int = 0
     output_ids: list[int] = field(default_factory=list)  # final tokens, block by block
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
@@ -41,6 +43,15 @@ class Sequence:
     block_started: float | None = None
     stream_steps: bool = False  # hand back a StepEvent per forward (engine/step_events.py)
     step_block: list[int] | None = None  # the block as the last StepEvent left it
+
+    def __post_init__(self) -> None:
+        self.masked = self.params.block_length
+
+    def start_next_block(self) -> None:
+        self.block += 1
+        self.step = 0
+        self.masked = self.params.block_length
+        self.carried = 0
 
     @property
     def prompt_len(self) -> int:

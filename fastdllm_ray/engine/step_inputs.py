@@ -15,15 +15,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastdllm_ray.decoding import RULE_FACTOR, RULE_FIXED, RULE_THRESHOLD, StepRules, num_to_commit
+from fastdllm_ray.decoding import StepRules
+from fastdllm_ray.decoding.policy import DecodingPolicy
 from fastdllm_ray.engine.sequence import ForwardKind, Sequence
 from fastdllm_ray.model import PagedForward, PagedKVCache
 from fastdllm_ray.model.paged_attention import TILE_M, PagedBatch, query_tiles
 
 # columns of the per-row float64 input (exact for integers below 2**53); a zero row is padding
+# (RULE .. FIRST_ONLY: the family's StepColumns, decoding/policy.py)
 (Q_START, Q_LEN, BLOCK_START, BLOCK_LEN, TOTAL, SLOT, RULE, FIXED, RANDOM, THRESHOLD, FACTOR,
- TEMP) = range(12)
-NUM_COLUMNS = 12
+ TEMP, ALG, SHIFT, FIRST_ONLY) = range(15)
+NUM_COLUMNS = 15
 
 
 def query_span(seq: Sequence) -> tuple[int, int]:
@@ -47,16 +49,12 @@ class PackedStep:
     attended: int  # key positions attended, over all rows
 
 
-def pack_rows(seqs: list[Sequence], rows: torch.Tensor) -> PackedStep:
+def pack_rows(seqs: list[Sequence], rows: torch.Tensor, policy: DecodingPolicy) -> PackedStep:
     """Fills `rows` (host memory, [seats, NUM_COLUMNS]) with one row per sequence, zeros after."""
     values, n_tokens = [], 0
     for s in seqs:
-        p = s.params
         start, end = query_span(s)
-        rule = RULE_THRESHOLD if p.threshold is not None else RULE_FACTOR if p.factor is not None else RULE_FIXED
-        values.append((start, end - start, s.block_start, s.block_length, s.total_len, s.slot, rule,
-                       num_to_commit(s.step, s.block_length, p.steps_per_block), p.remasking == "random",
-                       p.threshold or 1.0, p.factor or 1.0, p.temperature))
+        values.append((start, end - start, s.block_start, s.block_length, s.total_len, s.slot) + policy.columns(s))
         n_tokens += end - start
     rows.zero_()
     if values:
@@ -92,24 +90,30 @@ def body_inputs(rows: torch.Tensor, n_tokens: int, canvas: torch.Tensor, page_ta
 
 @dataclass
 class BlockInputs:
-    """Each row's block, padded to a common width: where its positions sit among the packed
-    hidden states and in the canvas, which of them are real, and its decoding rules."""
+    """Each row's block, padded to a common width: where the hidden state deciding each
+    position sits among the packed ones (shifted one back for a family that predicts from
+    the previous position, never before the row's first query), where it sits in the canvas,
+    which positions are real and may be committed, and the decoding rules."""
 
     hidden_index: torch.Tensor  # [R, W] into the packed tokens
     canvas_pos: torch.Tensor  # [R, W] positions in the row's canvas (padding: the scratch column)
     in_block: torch.Tensor  # [R, W] bool
+    eligible: torch.Tensor  # [R, W] bool: positions this step may commit (first_only: the first)
     slots: torch.Tensor  # [R]
     rules: StepRules
 
 
 def block_inputs(rows: torch.Tensor, width: int, scratch_col: int, sampling: bool, random: bool) -> BlockInputs:
-    q_start, q_len, block_start, block_len, slot = _columns(rows, Q_START, Q_LEN, BLOCK_START, BLOCK_LEN, SLOT)
+    q_start, q_len, block_start, block_len, slot, shift = _columns(rows, Q_START, Q_LEN, BLOCK_START, BLOCK_LEN,
+                                                                   SLOT, SHIFT)
     first_query = torch.cumsum(q_len, 0) - q_len
     j = torch.arange(width, device=rows.device)[None, :]
     in_block = j < block_len[:, None]
-    hidden_index = torch.where(in_block, (first_query + block_start - q_start)[:, None] + j, 0)
+    own = torch.maximum((first_query + block_start - q_start - shift)[:, None] + j, first_query[:, None])
+    hidden_index = torch.where(in_block, own, 0)
+    eligible = in_block & ((j == 0) | (rows[:, FIRST_ONLY] == 0)[:, None])
     canvas_pos = torch.where(in_block, block_start[:, None] + j, scratch_col)
     rules = StepRules(rule=rows[:, RULE].long(), fixed_count=rows[:, FIXED].long(), threshold=rows[:, THRESHOLD],
                       factor=rows[:, FACTOR], temperature=rows[:, TEMP], random_remasking=rows[:, RANDOM].bool(),
-                      any_sampling=sampling, any_random=random)
-    return BlockInputs(hidden_index, canvas_pos, in_block, slot, rules)
+                      any_sampling=sampling, any_random=random, alg=rows[:, ALG].long())
+    return BlockInputs(hidden_index, canvas_pos, in_block, eligible, slot, rules)

@@ -1,5 +1,6 @@
-"""Checkpoint I/O in the real LLaDA format: config.json + *.safetensors (one file, or shards
-with model.safetensors.index.json) + tokenizer files, from a local directory or the HF hub.
+"""Checkpoint I/O in the real LLaDA and Dream formats: config.json (its model_type says which
+network) + *.safetensors (one file, or shards with model.safetensors.index.json) + tokenizer
+files, from a local directory or the HF hub.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fastdllm_ray.model.config import LLaDAConfig
+from fastdllm_ray.model.dream import DreamModel
+from fastdllm_ray.model.dream_config import DreamConfig
 from fastdllm_ray.model.llada import LLaDAModel
+from fastdllm_ray.model.transformer import DiffusionTransformer
 
-CHECKPOINT_PREFIX = "model."  # the real checkpoint's names: model.transformer.blocks.N...
+# config.json model_type -> (config, network)
+FAMILIES = {"llada": (LLaDAConfig, LLaDAModel), "Dream": (DreamConfig, DreamModel)}
 _HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.json", "*.model", "*.txt"]
 
 
@@ -64,59 +69,66 @@ def _weight_files(directory: Path) -> list[Path]:
     return files
 
 
-def load_state_dict(directory: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Reads every expected tensor by its checkpoint name; names what is missing or misshapen."""
+def load_state_dict(directory: Path, expected: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """Reads every expected tensor by its checkpoint name (`prefix` + ours); names what is
+    missing or misshapen."""
     found: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
-                name = key[len(CHECKPOINT_PREFIX):] if key.startswith(CHECKPOINT_PREFIX) else key
+                name = key[len(prefix):] if key.startswith(prefix) else key
                 if name in expected:
                     found[name] = f.get_tensor(key)
     missing = sorted(set(expected) - set(found))
     if missing:
-        raise ValueError(f"checkpoint {directory}: missing tensor {CHECKPOINT_PREFIX}{missing[0]}"
+        raise ValueError(f"checkpoint {directory}: missing tensor {prefix}{missing[0]}"
                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     for name, tensor in found.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise ValueError(
-                f"checkpoint {directory}: tensor {CHECKPOINT_PREFIX}{name} has shape "
+                f"checkpoint {directory}: tensor {prefix}{name} has shape "
                 f"{tuple(tensor.shape)}, config.json implies {tuple(expected[name].shape)}"
             )
     return found
 
 
-def load_config(path_or_id: str | Path) -> LLaDAConfig:
-    """A checkpoint's network config, as `load_model` builds it (end tokens of
-    generation_config.json included). Serving reads a model's limits from it (max_sequence_length,
-    embedding_size, mask_token_id) without loading the weights."""
+def load_config(path_or_id: str | Path) -> LLaDAConfig | DreamConfig:
+    """A checkpoint's network config, of the family its config.json's model_type names, as
+    `load_model` builds it (end tokens of generation_config.json included). Serving reads a
+    model's limits from it (max_sequence_length, embedding_size, mask_token_id) without
+    loading the weights."""
     directory = resolve_checkpoint(path_or_id)
     config_path = directory / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"model: {directory} has no config.json")
     raw = json.loads(config_path.read_text())
     raw["end_token_ids"] = list(raw.get("end_token_ids") or []) + list(_end_tokens_from_generation_config(directory))
-    return LLaDAConfig.from_dict(raw)
+    family = FAMILIES.get(raw.get("model_type"))
+    if family is None:
+        raise ValueError(f"config.json model_type: {raw.get('model_type')!r} is not one of {sorted(FAMILIES)}")
+    return family[0].from_dict(raw)
 
 
 def load_model(
     path_or_id: str | Path,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
-) -> LLaDAModel:
-    """Loads a LLaDA checkpoint (local directory or hub id) into our network, in eval mode.
+) -> DiffusionTransformer:
+    """Loads a LLaDA or Dream checkpoint (local directory or hub id; config.json's model_type
+    says which) into our network, in eval mode.
 
     dtype defaults to float32 on the CPU and bfloat16 elsewhere.
     """
     directory = resolve_checkpoint(path_or_id)
     config = load_config(directory)
+    model_class = FAMILIES[config.model_type][1]
     device = torch.device(device)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
     with torch.device("meta"):
-        model = LLaDAModel(config)
-    state = load_state_dict(directory, model.state_dict())
+        model = model_class(config)
+    state = load_state_dict(directory, model.state_dict(), model.checkpoint_prefix)
     model.load_state_dict(state, assign=True)
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
@@ -125,17 +137,17 @@ def load_model(
 
 
 def _tokenizer_end_ids(directory: Path) -> tuple[int, ...]:
-    """LLaDA's chat turns end with <|eot_id|>, its documents with <|endoftext|>."""
+    """LLaDA's chat turns end with <|eot_id|>, Dream's with <|im_end|>; documents with <|endoftext|>."""
     tok = directory / "tokenizer.json"
     if not tok.exists():
         return ()
     vocab = json.loads(tok.read_text()).get("added_tokens", [])
-    wanted = {"<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<|eos|>"}
+    wanted = {"<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<|end_of_text|>", "<|eos|>"}
     return tuple(t["id"] for t in vocab if t.get("content") in wanted)
 
 
 def save_checkpoint(
-    model: LLaDAModel, directory: str | Path, max_shard_bytes: int | None = None,
+    model: DiffusionTransformer, directory: str | Path, max_shard_bytes: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Writes config.json and safetensors (sharded with an index when max_shard_bytes is set)."""
@@ -143,7 +155,7 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
     tensors = {
-        CHECKPOINT_PREFIX + name: t.detach().to(dtype or t.dtype).contiguous().cpu()
+        model.checkpoint_prefix + name: t.detach().to(dtype or t.dtype).contiguous().cpu()
         for name, t in model.state_dict().items()
     }
     if max_shard_bytes is None:
@@ -174,7 +186,8 @@ def load_tokenizer(path_or_id: str | Path):
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    # transformers reads config.json on the way and warns that it knows no model type "llada":
+    # transformers reads config.json on the way and warns that it knows no model type "llada"
+    # (or "Dream"):
     # true, and irrelevant to the tokenizer
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 # field -> the only value we implement (the real LLaDA-8B / LLaDA-1.5 values).
 _REQUIRED_VALUES: dict[str, Any] = {
@@ -29,8 +29,28 @@ _REQUIRED_VALUES: dict[str, Any] = {
 }
 
 
+class SharedConfig:
+    """What both families' configs derive alike from their fields."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def end_token_ids(self) -> tuple[int, ...]:
+        ids = [] if self.eos_token_id is None else [self.eos_token_id]
+        return tuple(dict.fromkeys(ids + list(self.extra_end_token_ids)))
+
+    @classmethod
+    def from_file(cls, path: str | Path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
 @dataclass(frozen=True)
-class LLaDAConfig:
+class LLaDAConfig(SharedConfig):
+    model_type: ClassVar[str] = "llada"
+    qkv_bias: ClassVar[bool] = False
+
     d_model: int
     n_heads: int
     n_kv_heads: int
@@ -45,15 +65,6 @@ class LLaDAConfig:
     rms_norm_eps: float = 1e-5
     weight_tying: bool = False
     extra_end_token_ids: tuple[int, ...] = field(default_factory=tuple)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def end_token_ids(self) -> tuple[int, ...]:
-        ids = [] if self.eos_token_id is None else [self.eos_token_id]
-        return tuple(dict.fromkeys(ids + list(self.extra_end_token_ids)))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "LLaDAConfig":
@@ -98,10 +109,6 @@ class LLaDAConfig:
             weight_tying=bool(raw.get("weight_tying", False)),
             extra_end_token_ids=tuple(extra),
         )
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "LLaDAConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
     def to_dict(self) -> dict[str, Any]:
         """A config.json in the real checkpoint's format."""

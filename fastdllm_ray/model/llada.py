@@ -1,12 +1,6 @@
 """The LLaDA network: a bidirectional Llama-style transformer, parameter names as in the
-real checkpoint (`transformer.blocks.N.q_proj` ...), written for batched diffusion decoding.
-
-Two ways in. `forward(tokens [B, T], positions)`: a plain forward, each row attending to its
-own tokens (padding = position -1). `hidden_states(tokens [N], positions [N], paged)`: the
-engine's cached forward, the query tokens of many sequences packed into one row, each
-writing its K/V into the paged cache and attending to its own sequence's pages; `logits`
-then applies the output head to the positions being decided.
-"""
+real checkpoint (`transformer.blocks.N.q_proj` ...). The computation is shared with Dream
+(model/transformer.py); this file names LLaDA's weights."""
 
 from __future__ import annotations
 
@@ -14,87 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdllm_ray.model import rope_write
 from fastdllm_ray.model.config import LLaDAConfig
-from fastdllm_ray.model.kv_cache import PagedForward
-from fastdllm_ray.model.paged_attention import paged_attention
+from fastdllm_ray.model.transformer import (DiffusionTransformer, RMSNorm, TransformerBlock, apply_rope,
+                                            attention_inputs, attention_out_and_mlp, normed_projection, project,
+                                            rms_norm, rope_tables)
+
+__all__ = ["LLaDABlock", "LLaDAModel", "RMSNorm", "apply_rope", "attention_inputs", "attention_out_and_mlp",
+           "normed_projection", "project", "rms_norm", "rope_tables"]
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # normalise in float32 whatever the weights' dtype, as the reference does
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
-
-
-def rope_tables(positions: torch.Tensor, head_dim: int, theta: float):
-    """sin, cos of shape [B, T, 1, head_dim] in float32 for absolute positions [B, T]."""
-    exponent = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float) / head_dim
-    inv_freq = 1.0 / (theta**exponent)
-    freqs = positions.clamp(min=0).float()[..., None] * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]
-    return emb.sin(), emb.cos()
-
-
-def apply_rope(t: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    t32 = t.float()
-    half = t32.shape[-1] // 2
-    rotated = torch.cat((-t32[..., half:], t32[..., :half]), dim=-1)
-    return (t32 * cos + rotated * sin).to(t.dtype)
-
-
-def project(h: torch.Tensor, weights: tuple, sizes: list[int]):
-    """Separate projections, or one fused projection split into the same outputs."""
-    if len(weights) == 1:
-        return F.linear(h, weights[0]).split(sizes, dim=-1)
-    return [F.linear(h, w) for w in weights]
-
-
-def attention_inputs(x, norm_w, eps: float, qkv_weights: tuple, sin, cos, n_heads: int, n_kv_heads: int):
-    """RMSNorm, q/k/v projections and RoPE: q [B, T, H, D], k and v [B, T, H_kv, D]."""
-    B, T, d = x.shape
-    head_dim = d // n_heads
-    h = rms_norm(x, norm_w, eps)
-    kv_dim = n_kv_heads * head_dim
-    q, k, v = project(h, qkv_weights, [d, kv_dim, kv_dim])
-    q = q.reshape(B, T, n_heads, head_dim)
-    k = k.reshape(B, T, n_kv_heads, head_dim)
-    v = v.reshape(B, T, n_kv_heads, head_dim)
-    return apply_rope(q, sin, cos), apply_rope(k, sin, cos), v
-
-
-def normed_projection(x, norm_w, eps: float, weight):
-    """RMSNorm then one (fused) projection: the fused path's q/k/v before RoPE."""
-    return F.linear(rms_norm(x, norm_w, eps), weight)
-
-
-def attention_out_and_mlp(x, attn, w_out, norm_w, eps: float, gate_up_weights: tuple, w_down):
-    """Residual attention output, then the residual SwiGLU MLP."""
-    x = x + F.linear(attn, w_out)
-    h = rms_norm(x, norm_w, eps)
-    gate, up = project(h, gate_up_weights, [w_down.shape[1], w_down.shape[1]])
-    return x + F.linear(F.silu(gate) * up, w_down)
-
-
-class _EagerOps:
-    attention_inputs = staticmethod(attention_inputs)
-    attention_out_and_mlp = staticmethod(attention_out_and_mlp)
-    normed_projection = None  # set when RoPE and the cache write run as one kernel (rope_write)
-
-
-class LLaDABlock(nn.Module):
-    ops = _EagerOps  # swapped for torch.compile'd versions by LLaDAModel.compile_blocks()
-
+class LLaDABlock(TransformerBlock):
     def __init__(self, cfg: LLaDAConfig) -> None:
         super().__init__()
         d, kv_dim = cfg.d_model, cfg.n_kv_heads * cfg.head_dim
@@ -108,58 +31,26 @@ class LLaDABlock(nn.Module):
         self.ff_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)
         self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)
         self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=False)
-        self.fused_qkv: tuple = ()  # (w_qkv,) once fuse_projections() ran
-        self.fused_gate_up: tuple = ()
 
-    def fuse_projections(self) -> None:
-        """One [q;k;v] and one [gate;up] matrix: fewer, larger matmuls. The named weights
-        become views into the fused ones, so no memory is duplicated."""
-        if self.fused_qkv:
-            return
-        for names, attr in ((("q_proj", "k_proj", "v_proj"), "fused_qkv"), (("ff_proj", "up_proj"), "fused_gate_up")):
-            layers = [getattr(self, n) for n in names]
-            fused = torch.cat([layer.weight for layer in layers], dim=0)
-            offset = 0
-            for layer in layers:
-                rows = layer.weight.shape[0]
-                layer.weight = nn.Parameter(fused[offset: offset + rows], requires_grad=False)
-                offset += rows
-            setattr(self, attr, (fused,))
+    def qkv_layers(self) -> list[nn.Linear]:
+        return [self.q_proj, self.k_proj, self.v_proj]
 
-    def forward(self, x, sin, cos, layer: int, key_mask=None, paged: PagedForward | None = None) -> torch.Tensor:
-        """x [B, T, d]. Plain (paged None): each row attends to its own tokens, `key_mask`
-        hiding padding. Paged (B = 1, the packed queries): K/V written to the cache first,
-        then each sequence's queries attend to its pages."""
-        cfg = self.cfg
-        B, T, _ = x.shape
-        qkv = self.fused_qkv or (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
-        if paged is not None and self.ops.normed_projection is not None and self.fused_qkv:
-            qkv_out = self.ops.normed_projection(x, self.attn_norm.weight, cfg.rms_norm_eps, self.fused_qkv[0])
-            q = rope_write.rope_and_write(qkv_out, sin, cos, *paged.cache.rows(layer), paged.write_rows,
-                                          cfg.n_heads, cfg.n_kv_heads)
-        else:
-            q, k, v = self.ops.attention_inputs(
-                x, self.attn_norm.weight, cfg.rms_norm_eps, qkv, sin, cos, cfg.n_heads, cfg.n_kv_heads)
-            if paged is not None:
-                paged.write(layer, k, v)
-        if paged is not None:
-            attn = paged_attention(q.reshape(B * T, cfg.n_heads, cfg.head_dim), *paged.cache.layer(layer),
-                                   paged.batch)
-        else:
-            keys, values = k.transpose(1, 2), v.transpose(1, 2)
-            if cfg.n_kv_heads != cfg.n_heads:
-                repeat = cfg.n_heads // cfg.n_kv_heads
-                keys = keys.repeat_interleave(repeat, dim=1)
-                values = values.repeat_interleave(repeat, dim=1)
-            attn = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=key_mask)
-            attn = attn.transpose(1, 2)
-        attn = attn.reshape(B, T, cfg.d_model)
-        gate_up = self.fused_gate_up or (self.ff_proj.weight, self.up_proj.weight)
-        return self.ops.attention_out_and_mlp(
-            x, attn, self.attn_out.weight, self.ff_norm.weight, cfg.rms_norm_eps, gate_up, self.ff_out.weight)
+    def gate_up_layers(self) -> list[nn.Linear]:
+        return [self.ff_proj, self.up_proj]
+
+    def out_layer(self) -> nn.Linear:
+        return self.attn_out
+
+    def down_layer(self) -> nn.Linear:
+        return self.ff_out
+
+    def norms(self) -> tuple[RMSNorm, RMSNorm]:
+        return self.attn_norm, self.ff_norm
 
 
-class LLaDAModel(nn.Module):
+class LLaDAModel(DiffusionTransformer):
+    checkpoint_prefix = "model."  # the real checkpoint's names: model.transformer.blocks.N...
+
     def __init__(self, cfg: LLaDAConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -174,67 +65,19 @@ class LLaDAModel(nn.Module):
             self.transformer["ff_out"] = nn.Linear(cfg.d_model, cfg.embedding_size, bias=False)
         self.end_token_ids: tuple[int, ...] = cfg.end_token_ids
 
-    def compile_blocks(self, enabled: bool = True) -> None:
-        """Fuses each block's elementwise work (norms, RoPE, SwiGLU) with torch.compile.
-
-        One compiled function serves every layer (weights are arguments), so it compiles once
-        per input shape family; used on CUDA, where those ops cost more than the matmuls'
-        own memory traffic at small batch. Where Triton runs, cached forwards apply RoPE and
-        write the cache in one kernel (model/rope_write.py).
-        """
-
-        fused_rope = rope_write.usable(self.config, self.device)
-
-        class _CompiledOps:
-            attention_inputs = staticmethod(torch.compile(attention_inputs, dynamic=True))
-            attention_out_and_mlp = staticmethod(torch.compile(attention_out_and_mlp, dynamic=True))
-            normed_projection = staticmethod(torch.compile(normed_projection, dynamic=True)) if fused_rope else None
-
-        for block in self.transformer["blocks"]:
-            block.ops = _CompiledOps if enabled else _EagerOps
-            if enabled:
-                block.fuse_projections()
+    @property
+    def embedding(self) -> nn.Embedding:
+        return self.transformer["wte"]
 
     @property
-    def device(self) -> torch.device:
-        return self.transformer["wte"].weight.device
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer["blocks"]
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer["wte"].weight.dtype
+    def final_norm(self) -> RMSNorm:
+        return self.transformer["ln_f"]
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.weight_tying:
             return F.linear(x, self.transformer["wte"].weight)
         return self.transformer["ff_out"](x)
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The output head over final hidden states [..., d]."""
-        return self.head(self.transformer["ln_f"](hidden))
-
-    @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                logits_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, T or n, V] for tokens [B, T] at positions [B, T] (-1 = padding): a plain
-        forward with no cache, each row's tokens attending to each other."""
-        B, T = tokens.shape
-        if positions is None:
-            positions = torch.arange(T, device=tokens.device).expand(B, T)
-        key_mask = (positions >= 0)[:, None, None, :] if bool((positions < 0).any()) else None
-        sin, cos = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
-        x = self.transformer["wte"](tokens)
-        for layer, block in enumerate(self.transformer["blocks"]):
-            x = block(x, sin, cos, layer, key_mask=key_mask)
-        if logits_index is not None:
-            x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
-        return self.logits(x)
-
-    @torch.inference_mode()
-    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, paged: PagedForward) -> torch.Tensor:
-        """Final hidden states [N, d] (before the last norm) of packed query tokens [N] at
-        absolute positions [N], through the paged cache (see PagedForward)."""
-        sin, cos = rope_tables(positions[None], self.config.head_dim, self.config.rope_theta)
-        x = self.transformer["wte"](tokens)[None]
-        for layer, block in enumerate(self.transformer["blocks"]):
-            x = block(x, sin, cos, layer, paged=paged)
-        return x[0]

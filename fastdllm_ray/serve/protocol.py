@@ -48,6 +48,9 @@ class FastDLLMFields(BaseModel):
     stream_steps: bool = Field(
         False, description="with stream: also one chunk per engine step whose `step` field lists the answer "
         "positions that step committed and their tokens (for drawing the answer as it unmasks)")
+    alg: Optional[str] = Field(None, description="Dream models' choice rule: entropy, maskgit_plus, topk_margin or "
+                                                 "confidence_threshold (default: entropy, or confidence_threshold "
+                                                 "with a threshold); not for LLaDA")
 
 
 class CompletionRequest(FastDLLMFields):

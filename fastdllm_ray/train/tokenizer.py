@@ -44,15 +44,15 @@ def user_prompt(question: str) -> str:
             f"{START_HEADER}assistant{END_HEADER}\n\n")
 
 
-def build_tokenizer() -> Tokenizer:
+def build_tokenizer(special_tokens: tuple[str, ...] = SPECIAL_TOKENS, unk: str = UNK) -> Tokenizer:
     """Characters take ids 0..95, the special tokens the ids after them."""
     vocab = {ch: i for i, ch in enumerate(CHARACTERS)}
-    for token in SPECIAL_TOKENS:
+    for token in special_tokens:
         vocab[token] = len(vocab)
     # a BPE model with no merges splits text into single characters, and no pre-tokenizer
     # means spaces and newlines are ordinary characters
-    tokenizer = Tokenizer(BPE(vocab=vocab, merges=[], unk_token=UNK, fuse_unk=True))
-    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    tokenizer = Tokenizer(BPE(vocab=vocab, merges=[], unk_token=unk, fuse_unk=True))
+    tokenizer.add_special_tokens(list(special_tokens))
     tokenizer.decoder = decoders.Fuse()  # characters join with nothing in between
     return tokenizer
 

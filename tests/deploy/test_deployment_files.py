@@ -19,7 +19,7 @@ DEPLOYMENT_FILES = sorted((ROOT / "deployments").glob("*.yaml"))
 
 def test_the_three_documented_deployments_exist():
     names = {path.stem for path in DEPLOYMENT_FILES}
-    assert {"tiny-cpu", "llada-8b-instruct", "llada-1.5"} <= names
+    assert {"tiny-cpu", "llada-8b-instruct", "llada-1.5", "dream-7b-instruct"} <= names
 
 
 @pytest.mark.parametrize("path", DEPLOYMENT_FILES, ids=lambda p: p.stem)
@@ -55,7 +55,7 @@ def test_builder_builds_the_app_the_file_describes(path):
 
 
 def test_gpu_deployments_ask_one_bf16_gpu_per_replica_and_autoscale():
-    for name in ("llada-8b-instruct", "llada-1.5"):
+    for name in ("llada-8b-instruct", "llada-1.5", "dream-7b-instruct"):
         args = load_serve_config(ROOT / "deployments" / f"{name}.yaml")["applications"][0]["args"]
         config = AppConfig.model_validate(args)
         assert (config.device, config.dtype, config.num_gpus_per_replica) == ("cuda", "bfloat16", 1)

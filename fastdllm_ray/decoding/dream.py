@@ -1,0 +1,138 @@
+"""Dream's decoding rules, as Fast-dLLM's Dream code decodes (dream/model/generation_utils.py
+without a cache, generation_utils_block.py with the prefix or dual cache).
+
+- Shifted logits: position i is decided from the hidden state at i - 1.
+- No cache: one block as long as the answer, `steps` steps over timesteps
+  linspace(1, 1e-3, steps + 1); step i commits int(masked * (1 - t[i+1] / t[i])) positions
+  (float32, as the reference computes it), all that are left on the last step.
+- With a cache: each block starts with a full forward that commits only the block's first
+  position (from the hidden state just before the block), then cached steps over the block
+  on the same schedule (steps_per_block) from step 1.
+- alg: the confidence that orders the candidates: max probability (maskgit_plus), top-1
+  minus top-2 probability (topk_margin) or negative entropy (entropy), all float32.
+  confidence_threshold commits the most confident, then every other candidate whose
+  probability reaches `threshold`, up to a count: without a cache steps-many on average,
+  carrying the shortfall to the next step and adding steps at the end while it lasts; with
+  a cache up to the whole block, until it has no mask.
+
+Where we differ, on purpose: the mask token is never predicted (the reference can commit
+it and then never finish a block); `alg` is honoured in cached steps too (the reference's
+block code uses the entropy confidence for every alg but confidence_threshold); a block of
+one step per block with a cache finishes (the reference stops with masks left); temperature
+> 0 draws with our seeded generator, so samples differ from the reference's draws.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from fastdllm_ray.decoding.policy import BlockProgress, DecodingPolicy, StepColumns
+from fastdllm_ray.decoding.schedule import num_to_commit
+from fastdllm_ray.decoding.select import RULE_CAPPED_THRESHOLD, RULE_FIXED, StepRules
+from fastdllm_ray.params import GenerationParams
+
+ALG_MAXPROB, ALG_MARGIN, ALG_ENTROPY = 0, 1, 2
+_ALG_CODES = {"maskgit_plus": ALG_MAXPROB, "confidence_threshold": ALG_MAXPROB, "topk_margin": ALG_MARGIN,
+              "entropy": ALG_ENTROPY}
+DEFAULT_THRESHOLD = 0.9  # the reference's default for confidence_threshold
+EPS = 1e-3  # the reference's final timestep
+
+
+def alg_of(params: GenerationParams) -> str:
+    if params.alg is not None:
+        return params.alg
+    return "confidence_threshold" if params.threshold is not None else "entropy"
+
+
+@lru_cache(maxsize=64)
+def _schedule(steps: int) -> tuple[np.float32, ...]:
+    """(1 - t[i+1] / t[i]) per step i, in float32 as the reference computes it."""
+    t = torch.linspace(1, EPS, steps + 1)
+    return tuple(np.float32(v) for v in (1 - t[1:] / t[:-1]).tolist())
+
+
+def scheduled_count(masked: int, step: int, steps: int) -> int:
+    """Positions step `step` of `steps` commits when `masked` are left."""
+    if step >= steps - 1:
+        return masked
+    return int(np.float32(masked) * _schedule(steps)[step])
+
+
+def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int):
+    """probs [B, n, V] (float32), allowed (probs with the mask token's set to -1), x0 [B, n]
+    (argmax of allowed) and the confidence [B, n] of each row's alg."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    top2 = probs.topk(2, dim=-1).values
+    neg_entropy = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
+    allowed = probs.clone()
+    allowed[..., mask_id] = -1.0  # an int index: no host-to-device copy inside a CUDA graph capture
+    best, x0 = allowed.max(dim=-1)
+    alg = alg[:, None]
+    confidence = torch.where(alg == ALG_MARGIN, top2[..., 0] - top2[..., 1],
+                             torch.where(alg == ALG_ENTROPY, neg_entropy, best))
+    return probs, allowed, x0, confidence
+
+
+def dream_predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator | None = None,
+                  confidence_fn=dream_confidences, mask_id: int | None = None):
+    """x0 [B, n] and float32 confidence [B, n] from logits [B, n, V] (already shifted)."""
+    if rules.any_sampling:  # the reference divides the logits by the temperature first
+        temp = rules.temperature.float()
+        logits = logits.float() / torch.where(temp > 0, temp, 1.0)[:, None, None]
+    probs, allowed, x0, confidence = confidence_fn(logits, rules.alg, mask_id)
+    if rules.any_sampling:  # a draw from the tempered probabilities, the mask token excluded
+        noise = torch.empty(probs.shape, dtype=torch.float32, device=probs.device).exponential_(generator=generator)
+        drawn = (allowed.clamp(min=0) / noise).argmax(dim=-1)
+        sampled = (rules.temperature > 0)[:, None]
+        x0 = torch.where(sampled, drawn, x0)
+        drawn_prob = probs.gather(-1, x0[..., None]).squeeze(-1)
+        confidence = torch.where(sampled & (rules.alg[:, None] == ALG_MAXPROB), drawn_prob, confidence)
+    return x0, confidence
+
+
+class DreamPolicy(DecodingPolicy):
+    model_type = "Dream"
+    shift = 1
+    confidence_fn = staticmethod(dream_confidences)
+    predict = staticmethod(dream_predict)
+
+    def validate(self, params: GenerationParams) -> None:
+        if params.factor is not None:
+            raise ValueError("factor: applies to LLaDA models; Dream commits by `alg` "
+                             "(with `threshold` under alg 'confidence_threshold')")
+        if params.remasking != "low_confidence":
+            raise ValueError(f"remasking: {params.remasking!r} applies to LLaDA models; Dream chooses "
+                             "positions by `alg`")
+        if params.threshold is not None and alg_of(params) != "confidence_threshold":
+            raise ValueError(f"threshold: applies with alg 'confidence_threshold', not {params.alg!r}")
+
+    def effective(self, params: GenerationParams) -> GenerationParams:
+        """Without a cache Dream decodes one block as long as the answer (generation_utils)."""
+        if params.cache == "none" and params.block_length != params.gen_length:
+            return params.with_changes(block_length=params.gen_length)
+        return params
+
+    def columns(self, seq: BlockProgress) -> StepColumns:
+        p = seq.params
+        cached = p.cache != "none"
+        if cached and seq.step == 0:  # the block's full forward commits its first position only
+            return StepColumns(RULE_FIXED, 1, False, 1.0, 1.0, p.temperature, ALG_MAXPROB, 1, True)
+        alg = alg_of(p)
+        if alg == "confidence_threshold":
+            if cached:
+                count = seq.masked
+            else:  # steps-many a step on average, plus what earlier steps left (none after `steps`)
+                base = num_to_commit(seq.step, seq.block_length, p.steps) if seq.step < p.steps else 0
+                count = base + seq.carried
+            return StepColumns(RULE_CAPPED_THRESHOLD, count, False, p.threshold or DEFAULT_THRESHOLD, 1.0,
+                               p.temperature, ALG_MAXPROB, 1)
+        count = scheduled_count(seq.masked, seq.step, p.steps_per_block)
+        return StepColumns(RULE_FIXED, count, False, 1.0, 1.0, p.temperature, _ALG_CODES[alg], 1)
+
+    def after_step(self, seq: BlockProgress, committed: int) -> None:
+        p = seq.params
+        if p.cache == "none" and alg_of(p) == "confidence_threshold":
+            seq.carried = self.columns(seq).count - committed
