@@ -1,6 +1,6 @@
 """Scale-out suite: one local Ray cluster and one Serve app for the whole package, so that no
-module pays for a start. The app is what a multi-model deployment looks like: four models
-behind one ingress, routed by the request's `model`, each sized for the module that uses it
+module pays for a start. The app is what a multi-model deployment looks like: five models (four
+LLaDA, one Dream) behind one ingress, routed by the request's `model`, each sized for the module that uses it
 (scaleout_models.py names them).
 
 The cluster declares more CPUs than the machine has: the tiny models' replicas are light, and
@@ -23,13 +23,14 @@ from typing import Iterator
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from scaleout_models import APP, FATES, PAIR, RANDOM, autoscaled_entry
+from scaleout_models import APP, DREAM, FATES, PAIR, RANDOM, autoscaled_entry
+from tests.conftest import TINY_DREAM
 from tests.net import free_port
 
 from fastdllm_ray.model.shipped import default_model_path
 
 REF_CHECKPOINT = Path(__file__).resolve().parents[1] / "fixtures" / "refdata" / "checkpoint"
-CLUSTER_CPUS = 8
+CLUSTER_CPUS = 10
 DEPLOY_TIMEOUT_S = 240
 EXPORT_DEADLINE_S = 60
 FAST_METRICS = {
@@ -96,6 +97,9 @@ def app_config(random_model: Path) -> dict:
             # another checkpoint behind the same ingress; its short deadline makes a timeout easy
             {"model": str(random_model), "model_name": RANDOM, "num_replicas": 1, "request_timeout_s": 2.0},
             autoscaled_entry(),
+            # another model family: Dream's rules (shifted logits, `alg`) behind the same ingress
+            {"model": str(TINY_DREAM), "model_name": DREAM, "num_replicas": 1,
+             "engine": {"max_num_seqs": 4, "max_model_len": 256}},
         ],
     }
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 from openai import BadRequestError, OpenAI
-from scaleout_models import AUTOSCALED, FATES, PAIR, RANDOM
+from tests.conftest import TINY_DREAM
+from scaleout_models import AUTOSCALED, DREAM, FATES, PAIR, RANDOM
 
 from fastdllm_ray import generate, load_model, load_tokenizer
 from fastdllm_ray.model.shipped import default_model_path
@@ -23,11 +24,11 @@ def client(app) -> OpenAI:
     return OpenAI(base_url=f"{app.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def alone(checkpoint, question: str, max_model_len: int) -> tuple:
+def alone(checkpoint, question: str, max_model_len: int, **extra) -> tuple:
     """What the checkpoint answers to a chat question outside the server."""
     model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
     encoder = PromptEncoder(tokenizer, model.config.embedding_size, model.config.mask_token_id)
-    body = ChatCompletionRequest(model="any", messages=[{"role": "user", "content": question}], **SETTINGS)
+    body = ChatCompletionRequest(model="any", messages=[{"role": "user", "content": question}], **SETTINGS, **extra)
     request = chat_request(body, encoder, max_model_len)
     result = generate(model, [request.prompt_ids], request.params)[0]
     text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
@@ -36,7 +37,7 @@ def alone(checkpoint, question: str, max_model_len: int) -> tuple:
 
 def test_models_lists_every_model_with_its_own_length(client):
     cards = {card.id: card.model_extra["max_model_len"] for card in client.models.list().data}
-    assert cards == {FATES: 512, PAIR: 512, RANDOM: 1024, AUTOSCALED: 512}
+    assert cards == {FATES: 512, PAIR: 512, RANDOM: 1024, AUTOSCALED: 512, DREAM: 256}
 
 
 def test_each_request_reaches_the_model_it_names(client, random_model_dir):
@@ -67,3 +68,17 @@ def test_an_unknown_model_is_refused_naming_the_served_ones(client):
     error = refused.value.body
     assert error["code"] == "model_not_found" and error["param"] == "model"
     assert all(repr(name) in error["message"] for name in (FATES, PAIR, RANDOM, AUTOSCALED))
+
+
+def test_llada_and_dream_behind_one_ingress_each_by_its_own_rules(client):
+    question, dream_only = "What is 17+25?", {"alg": "maskgit_plus"}
+    reply = client.chat.completions.create(model=DREAM, messages=[{"role": "user", "content": question}],
+                                           extra_body={**SETTINGS, **dream_only})
+    assert reply.model == DREAM
+    got = (reply.choices[0].message.content, reply.choices[0].finish_reason, reply.usage.completion_tokens,
+           reply.usage.nfe)
+    assert got == alone(TINY_DREAM, question, 256, **dream_only)
+    with pytest.raises(BadRequestError) as refused:  # Dream's rule is not LLaDA's: refused by the LLaDA model
+        client.chat.completions.create(model=FATES, messages=[{"role": "user", "content": question}],
+                                       extra_body={**SETTINGS, **dream_only})
+    assert refused.value.body["param"] == "alg"
