@@ -30,7 +30,7 @@ from fastdllm_ray.params import GenerationParams
 @dataclass(frozen=True)
 class EngineConfig:
     max_num_seqs: int = 16  # live sequences (seats of the batch)
-    max_model_len: int | None = None  # prompt + padded answer per sequence; default: the model's
+    max_model_len: int | None = None  # prompt + padded answer per sequence; default: the model's, <= 8192
     max_queue: int = 256  # waiting requests beyond the live ones; more are refused
     seed: int = 0  # for temperature > 0 and remasking="random"
     cuda_graphs: bool = True  # replay captured steps on CUDA (no effect on the CPU)
@@ -52,6 +52,16 @@ class EngineConfig:
             raise ValueError("num_pages: must be >= 1")
 
 
+DEFAULT_CONTEXT_CAP = 8192  # positions per sequence when neither the caller nor the model says fewer
+
+
+def default_max_model_len(declared: int) -> int:
+    """The context a sequence gets when max_model_len is not set: the model's own, capped. A
+    checkpoint may declare far more than anyone serves (Dream's config says 131072), and every
+    seat reserves cache for it: 16 seats of Dream-7B at 131072 would ask for 120 GB."""
+    return min(declared, DEFAULT_CONTEXT_CAP)
+
+
 def as_token_ids(values) -> list:
     """Plain ints from any integer sequence (list, numpy array, tensor); anything else is
     kept as it is for `Engine.validate` to refuse by name."""
@@ -62,8 +72,8 @@ class Engine:
     def __init__(self, model: DiffusionTransformer, config: EngineConfig | None = None) -> None:
         self.model = model
         self.config = config or EngineConfig()
-        self.max_model_len = min(self.config.max_model_len or model.config.max_sequence_length,
-                                 model.config.max_sequence_length)
+        declared = model.config.max_sequence_length
+        self.max_model_len = min(self.config.max_model_len or default_max_model_len(declared), declared)
         c = self.config
         num_pages = c.num_pages or c.max_num_seqs * -(-self.max_model_len // c.page_size)
         self.pool = PagePool(num_pages, c.page_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fastdllm_ray.engine.engine import default_max_model_len
 from fastdllm_ray.model import load_tokenizer
 from fastdllm_ray.model.checkpoint import generation_config, load_config, resolve_checkpoint
 from fastdllm_ray.serve.config import AppConfig
@@ -37,7 +38,7 @@ class ServedModel:
         return cls(
             name=served_model_name(config), engine=engine, tokenizer=tokenizer,
             encoder=PromptEncoder(tokenizer, model_config.embedding_size, model_config.mask_token_id),
-            max_model_len=min(config.engine.max_model_len or longest, longest),
+            max_model_len=min(config.engine.max_model_len or default_max_model_len(longest), longest),
             # a model may ask for another default answer length than the server's 128 (the
             # shipped one was trained on 64-token answers)
             default_max_tokens=int(generation_config(checkpoint).get("max_new_tokens", DEFAULT_MAX_TOKENS)),
