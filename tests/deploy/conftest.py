@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 import yaml
-from ray_processes import BIN, START_TIMEOUT_S, answers, end_group, kill_stragglers, port_open, private_env, wait_for
+from tests.deploy.ray_processes import BIN, START_TIMEOUT_S, answers, end_group, kill_stragglers, port_open, private_env, wait_for
 from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from ray_processes import BIN, START_TIMEOUT_S, end_group, kill_stragglers, port_open, private_env, wait_for
+from tests.deploy.ray_processes import BIN, START_TIMEOUT_S, end_group, kill_stragglers, port_open, private_env, wait_for
 from tests.net import free_port
 from tests.serve.serve_harness import load_through_outage
 

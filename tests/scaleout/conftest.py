@@ -23,7 +23,7 @@ from typing import Iterator
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from scaleout_models import APP, DREAM, FATES, PAIR, RANDOM, autoscaled_entry
+from tests.scaleout.scaleout_models import APP, DREAM, FATES, PAIR, RANDOM, autoscaled_entry
 from tests.conftest import TINY_DREAM
 from tests.net import free_port
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from scaleout_models import APP, AUTOSCALED, AUTOSCALING, engine_deployment
+from tests.scaleout.scaleout_models import APP, AUTOSCALED, AUTOSCALING, engine_deployment
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 

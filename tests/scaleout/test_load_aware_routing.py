@@ -12,7 +12,7 @@ import time
 
 import httpx
 import pytest
-from scaleout_models import PAIR
+from tests.scaleout.scaleout_models import PAIR
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from openai import BadRequestError, OpenAI
 from tests.conftest import TINY_DREAM
-from scaleout_models import AUTOSCALED, DREAM, FATES, PAIR, RANDOM
+from tests.scaleout.scaleout_models import AUTOSCALED, DREAM, FATES, PAIR, RANDOM
 
 from fastdllm_ray import generate, load_model, load_tokenizer
 from fastdllm_ray.model.shipped import default_model_path

@@ -15,7 +15,7 @@ from collections import Counter
 
 import httpx
 import pytest
-from scaleout_models import APP, FATES, RANDOM, engine_deployment
+from tests.scaleout.scaleout_models import APP, FATES, RANDOM, engine_deployment
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
