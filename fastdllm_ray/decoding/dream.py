@@ -9,7 +9,8 @@ without a cache, generation_utils_block.py with the prefix or dual cache).
   position (from the hidden state just before the block), then cached steps over the block
   on the same schedule (steps_per_block) from step 1.
 - alg: the confidence that orders the candidates: max probability (maskgit_plus), top-1
-  minus top-2 probability (topk_margin) or negative entropy (entropy), all float32.
+  minus top-2 probability (topk_margin) or negative entropy (entropy), all float32 and
+  over the 50 most likely tokens renormalised (TOP_K below).
   confidence_threshold commits the most confident, then every other candidate whose
   probability reaches `threshold`, up to a count: without a cache steps-many on average,
   carrying the shortfall to the next step and adding steps at the end while it lasts; with
@@ -39,6 +40,11 @@ _ALG_CODES = {"maskgit_plus": ALG_MAXPROB, "confidence_threshold": ALG_MAXPROB, 
               "entropy": ALG_ENTROPY}
 DEFAULT_THRESHOLD = 0.9  # the reference's default for confidence_threshold
 EPS = 1e-3  # the reference's final timestep
+# The reference keeps the 50 most likely tokens before its softmax: its generation config is
+# built from the model config, which under transformers 4.46 (the version Fast-dLLM's Dream
+# code runs with) carries the library-wide default top_k = 50. The confidences (entropy,
+# margin, max probability) and temperature draws are therefore over those 50.
+TOP_K = 50
 
 
 def alg_of(params: GenerationParams) -> str:
@@ -62,18 +68,24 @@ def scheduled_count(masked: int, step: int, steps: int) -> int:
 
 
 def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int):
-    """probs [B, n, V] (float32), allowed (probs with the mask token's set to -1), x0 [B, n]
-    (argmax of allowed) and the confidence [B, n] of each row's alg."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    top2 = probs.topk(2, dim=-1).values
+    """Each position's distribution over its TOP_K best tokens, as the reference sees it.
+
+    Returns probs [B, n, k] (float32, renormalised over the top k, the mask token
+    included), allowed (probs with the mask token's set to -1), index [B, n, k] (their
+    token ids, best first), x0 [B, n] (the most probable token that is not the mask) and
+    the confidence [B, n] of each row's alg. The reference keeps every logit at least as
+    large as the k-th (ties can keep more); ours keeps exactly k.
+    """
+    values, index = logits.float().topk(min(TOP_K, logits.shape[-1]), dim=-1)
+    probs = torch.softmax(values, dim=-1)
     neg_entropy = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
-    allowed = probs.clone()
-    allowed[..., mask_id] = -1.0  # an int index: no host-to-device copy inside a CUDA graph capture
-    best, x0 = allowed.max(dim=-1)
+    allowed = torch.where(index == mask_id, -1.0, probs)
+    best, pick = allowed.max(dim=-1)
+    x0 = index.gather(-1, pick[..., None]).squeeze(-1)
     alg = alg[:, None]
-    confidence = torch.where(alg == ALG_MARGIN, top2[..., 0] - top2[..., 1],
+    confidence = torch.where(alg == ALG_MARGIN, probs[..., 0] - probs[..., 1],
                              torch.where(alg == ALG_ENTROPY, neg_entropy, best))
-    return probs, allowed, x0, confidence
+    return probs, allowed, index, x0, confidence
 
 
 def dream_predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator | None = None,
@@ -82,13 +94,13 @@ def dream_predict(logits: torch.Tensor, rules: StepRules, generator: torch.Gener
     if rules.any_sampling:  # the reference divides the logits by the temperature first
         temp = rules.temperature.float()
         logits = logits.float() / torch.where(temp > 0, temp, 1.0)[:, None, None]
-    probs, allowed, x0, confidence = confidence_fn(logits, rules.alg, mask_id)
-    if rules.any_sampling:  # a draw from the tempered probabilities, the mask token excluded
+    probs, allowed, index, x0, confidence = confidence_fn(logits, rules.alg, mask_id)
+    if rules.any_sampling:  # a draw from the tempered top-k probabilities, the mask token excluded
         noise = torch.empty(probs.shape, dtype=torch.float32, device=probs.device).exponential_(generator=generator)
-        drawn = (allowed.clamp(min=0) / noise).argmax(dim=-1)
+        pick = (allowed.clamp(min=0) / noise).argmax(dim=-1, keepdim=True)
         sampled = (rules.temperature > 0)[:, None]
-        x0 = torch.where(sampled, drawn, x0)
-        drawn_prob = probs.gather(-1, x0[..., None]).squeeze(-1)
+        x0 = torch.where(sampled, index.gather(-1, pick).squeeze(-1), x0)
+        drawn_prob = probs.gather(-1, pick).squeeze(-1)
         confidence = torch.where(sampled & (rules.alg[:, None] == ALG_MAXPROB), drawn_prob, confidence)
     return x0, confidence
 

@@ -13,11 +13,6 @@ from fastdllm_ray import GenerationParams, generate
 from fastdllm_ray.engine import Engine, EngineConfig
 
 CASES = json.loads((Path(__file__).parents[1] / "fixtures/refdata-dream/reference.json").read_text())["cases"]
-# The two no-cache entropy cases below disagree with the reference vectors at one early
-# step (the reference commits the second-lowest-entropy position at step 1; a line-by-line
-# re-run of generation_utils' loop on our logits commits the lowest, as we do). Kept as
-# strict xfails so that a fix, here or in the vectors, shows.
-DISAGREEING = {0, 8}
 
 
 def case_id(case: dict) -> str:
@@ -33,13 +28,7 @@ def params_of(case: dict) -> GenerationParams:
                             threshold=case.get("threshold"), alg=case["alg"], cache=case["cache"], stop_at_eos=False)
 
 
-def _marks(i: int):
-    return [pytest.mark.xfail(strict=True, reason="reference vector disagrees with generation_utils")] \
-        if i in DISAGREEING else []
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=_marks(i)) for i, c in enumerate(CASES)],
-                         ids=[case_id(c) for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 def test_dream_case_matches_reference_tokens_and_forwards(dream_model, case):
     result = generate(dream_model, [case["prompt"]], params_of(case))[0]
     assert result.token_ids == case["output"]
@@ -52,8 +41,7 @@ def test_all_dream_cases_in_one_batch_decode_as_alone(dream_model):
     batched = generate(dream_model, [c["prompt"] for c in CASES], [params_of(c) for c in CASES])
     assert [r.token_ids for r in batched] == [r.token_ids for r in alone]
     assert [r.nfe for r in batched] == [c["forwards"] for c in CASES]
-    agreeing = [i for i in range(len(CASES)) if i not in DISAGREEING]
-    assert [batched[i].token_ids for i in agreeing] == [CASES[i]["output"] for i in agreeing]
+    assert [r.token_ids for r in batched] == [c["output"] for c in CASES]
 
 
 def test_dream_requests_joining_a_running_batch_match_reference(dream_model):
@@ -68,6 +56,5 @@ def test_dream_requests_joining_a_running_batch_match_reference(dream_model):
             if out.finished:
                 results[int(out.request_id)] = out.result
     for i in order:
-        if i not in DISAGREEING:
-            assert results[i].token_ids == CASES[i]["output"], i
+        assert results[i].token_ids == CASES[i]["output"], i
         assert results[i].nfe == CASES[i]["forwards"], i
