@@ -67,16 +67,22 @@ def scheduled_count(masked: int, step: int, steps: int) -> int:
     return int(np.float32(masked) * _schedule(steps)[step])
 
 
-def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int):
+def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int,
+                      temperature: torch.Tensor | None = None):
     """Each position's distribution over its TOP_K best tokens, as the reference sees it.
 
     Returns probs [B, n, k] (float32, renormalised over the top k, the mask token
-    included), allowed (probs with the mask token's set to -1), index [B, n, k] (their
-    token ids, best first), x0 [B, n] (the most probable token that is not the mask) and
-    the confidence [B, n] of each row's alg. The reference keeps every logit at least as
-    large as the k-th (ties can keep more); ours keeps exactly k.
+    included, tempered when `temperature` [B] is given), allowed (probs with the mask
+    token's set to -1), index [B, n, k] (their token ids, best first), x0 [B, n] (the most
+    probable token that is not the mask) and the confidence [B, n] of each row's alg. The
+    reference keeps every logit at least as large as the k-th (ties can keep more); ours
+    keeps exactly k. The top k are taken in the logits' own dtype (a temperature keeps
+    their order), so the whole [B, n, vocab] tensor is read once and never copied.
     """
-    values, index = logits.float().topk(min(TOP_K, logits.shape[-1]), dim=-1)
+    values, index = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1)
+    values = values.float()
+    if temperature is not None:  # the reference divides the logits by the temperature first
+        values = values / torch.where(temperature > 0, temperature, 1.0)[:, None, None]
     probs = torch.softmax(values, dim=-1)
     neg_entropy = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
     allowed = torch.where(index == mask_id, -1.0, probs)
@@ -91,10 +97,8 @@ def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int):
 def dream_predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator | None = None,
                   confidence_fn=dream_confidences, mask_id: int | None = None):
     """x0 [B, n] and float32 confidence [B, n] from logits [B, n, V] (already shifted)."""
-    if rules.any_sampling:  # the reference divides the logits by the temperature first
-        temp = rules.temperature.float()
-        logits = logits.float() / torch.where(temp > 0, temp, 1.0)[:, None, None]
-    probs, allowed, index, x0, confidence = confidence_fn(logits, rules.alg, mask_id)
+    temperature = rules.temperature.float() if rules.any_sampling else None
+    probs, allowed, index, x0, confidence = confidence_fn(logits, rules.alg, mask_id, temperature)
     if rules.any_sampling:  # a draw from the tempered top-k probabilities, the mask token excluded
         noise = torch.empty(probs.shape, dtype=torch.float32, device=probs.device).exponential_(generator=generator)
         pick = (allowed.clamp(min=0) / noise).argmax(dim=-1, keepdim=True)
