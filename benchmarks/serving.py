@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.streamed import stream_completion
 from fastdllm_ray.markdown_sections import update_section
 
 SECTION = "serving"
@@ -58,20 +58,10 @@ def pct(values: list[float], q: float) -> float:
 
 async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, float, int] | None:
     start = time.perf_counter()
-    first, tokens = None, 0
-    async with client.stream("POST", f"{url}/v1/completions", json=body) as reply:
-        if reply.status_code != 200:
-            await reply.aread()
-            return None
-        async for line in reply.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            elif first is None:
-                first = time.perf_counter() - start
-    return time.perf_counter() - start, first or 0.0, tokens
+    reply = await stream_completion(client, url, body)
+    if reply.status != 200:
+        return None
+    return reply.done - start, (reply.first - start) if reply.first is not None else 0.0, reply.tokens
 
 
 async def run_level(url: str, model: str, concurrency: int, total: int, settings: dict, mode: str) -> Level:

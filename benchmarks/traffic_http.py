@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks import workload
+from benchmarks.streamed import stream_completion
 from benchmarks.traffic import percentile
 
 
@@ -47,20 +48,11 @@ def body(request: workload.Request) -> dict:
 async def one(client: httpx.AsyncClient, url: str, request: workload.Request, start: float) -> dict:
     await asyncio.sleep(max(0.0, start + request.arrival - time.perf_counter()))
     sent = time.perf_counter()
-    first, tokens = None, 0
-    async with client.stream("POST", f"{url}/v1/completions", json=body(request)) as response:
-        if response.status_code != 200:
-            return {"error": response.status_code, "text": (await response.aread())[:200]}
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            elif first is None:
-                first = time.perf_counter()
-    done = time.perf_counter()
-    return {"tokens": tokens, "ttfb": (first or done) - sent, "latency": done - sent, "done": done}
+    reply = await stream_completion(client, url, body(request))
+    if reply.status != 200:
+        return {"error": reply.status, "text": reply.error}
+    return {"tokens": reply.tokens, "ttfb": (reply.first or reply.done) - sent, "latency": reply.done - sent,
+            "done": reply.done}
 
 
 async def replay_http(url: str, requests: list[workload.Request]) -> dict:
