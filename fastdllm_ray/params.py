@@ -26,8 +26,10 @@ class GenerationParams:
     `steps` are spread evenly over the blocks (`steps_per_block`). With `threshold` or
     `factor` set, the number committed per step is decided by confidence instead.
     `alg` is Dream's choice rule (None: "confidence_threshold" when `threshold` is set,
-    else "entropy"); which fields apply to the loaded model's family is checked where the
-    model is known (decoding/policy.py).
+    else "entropy"); `top_p` (nucleus) and `top_k` narrow the distribution Dream's
+    confidences and draws are taken over (None: Dream's reference defaults, top_k 50 and no
+    nucleus); which fields apply to the loaded model's family is checked where the model is
+    known (decoding/policy.py).
     """
 
     steps: int = 128
@@ -40,6 +42,8 @@ class GenerationParams:
     cache: CacheMode = "dual"
     stop_at_eos: bool = True
     alg: Optional[str] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check_int("gen_length", self.gen_length, minimum=1)
@@ -69,6 +73,12 @@ class GenerationParams:
             raise ValueError(f"cache: {self.cache!r} is not one of {CACHE_MODES}")
         if self.alg is not None and self.alg not in DREAM_ALGS:
             raise ValueError(f"alg: {self.alg!r} is not one of {DREAM_ALGS}")
+        if self.top_p is not None:
+            _check_float("top_p", self.top_p)
+            if not 0.0 < self.top_p <= 1.0:
+                raise ValueError(f"top_p: {self.top_p} is outside (0, 1]")
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k, minimum=1)
         if not isinstance(self.stop_at_eos, bool):
             raise ValueError(f"stop_at_eos: {self.stop_at_eos!r} is not a bool")
 

@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fastdllm_ray.decoding.policy import BlockProgress, DecodingPolicy, StepColumns
 from fastdllm_ray.decoding.schedule import num_to_commit
@@ -68,10 +69,14 @@ def scheduled_count(masked: int, step: int, steps: int) -> int:
 
 
 def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int,
-                      temperature: torch.Tensor | None = None):
-    """Each position's distribution over its TOP_K best tokens, as the reference sees it.
+                      temperature: torch.Tensor | None = None, top_p: torch.Tensor | None = None,
+                      top_k: torch.Tensor | None = None, keep_k: int = 0):
+    """Each position's distribution over its best candidates, as the reference sees it.
 
-    Returns probs [B, n, k] (float32, renormalised over the top k, the mask token
+    The candidates are the TOP_K most likely tokens; with `keep_k` > 0 the `keep_k` most
+    likely, cut per row to its `top_k` [B] and to its nucleus `top_p` [B] (the reference's
+    order: the nucleus over the whole tempered distribution, then the top k).
+    Returns probs [B, n, k] (float32, renormalised over the candidates, the mask token
     included, tempered when `temperature` [B] is given), allowed (probs with the mask
     token's set to -1), index [B, n, k] (their token ids, best first), x0 [B, n] (the most
     probable token that is not the mask) and the confidence [B, n] of each row's alg. The
@@ -79,10 +84,23 @@ def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int,
     keeps exactly k. The top k are taken in the logits' own dtype (a temperature keeps
     their order), so the whole [B, n, vocab] tensor is read once and never copied.
     """
-    values, index = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1)
+    values, index = logits.topk(min(keep_k or TOP_K, logits.shape[-1]), dim=-1)
     values = values.float()
+    scale = None
     if temperature is not None:  # the reference divides the logits by the temperature first
-        values = values / torch.where(temperature > 0, temperature, 1.0)[:, None, None]
+        scale = torch.where(temperature > 0, temperature, 1.0).float()[:, None, None]
+        values = values / scale
+    if keep_k:
+        rank = torch.arange(values.shape[-1], device=values.device)
+        kept = rank < top_k[:, None, None]
+        whole = logits.float() if scale is None else logits.float() / scale
+        mass = (values - whole.logsumexp(dim=-1, keepdim=True)).exp().cumsum(dim=-1)
+        before = F.pad(mass[..., :-1], (1, 0))  # the mass of the more likely candidates
+        # compared in float32, as the reference compares its float32 sums with a Python float;
+        # top_p 1.0 keeps all (the reference skips it: a sum may round above 1)
+        top_p = top_p.float()[:, None, None]
+        kept = kept & ((rank == 0) | (before <= top_p) | (top_p >= 1.0))
+        values = values.masked_fill(~kept, float("-inf"))
     probs = torch.softmax(values, dim=-1)
     neg_entropy = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
     allowed = torch.where(index == mask_id, -1.0, probs)
@@ -97,8 +115,9 @@ def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int,
 def dream_predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator | None = None,
                   confidence_fn=dream_confidences, mask_id: int | None = None):
     """x0 [B, n] and float32 confidence [B, n] from logits [B, n, V] (already shifted)."""
-    temperature = rules.temperature.float() if rules.any_sampling else None
-    probs, allowed, index, x0, confidence = confidence_fn(logits, rules.alg, mask_id, temperature)
+    temperature = rules.temperature if rules.any_sampling else None
+    probs, allowed, index, x0, confidence = confidence_fn(logits, rules.alg, mask_id, temperature, rules.top_p,
+                                                          rules.top_k, rules.keep_k)
     if rules.any_sampling:  # a draw from the tempered top-k probabilities, the mask token excluded
         noise = torch.empty(probs.shape, dtype=torch.float32, device=probs.device).exponential_(generator=generator)
         pick = (allowed.clamp(min=0) / noise).argmax(dim=-1, keepdim=True)
@@ -112,6 +131,7 @@ def dream_predict(logits: torch.Tensor, rules: StepRules, generator: torch.Gener
 class DreamPolicy(DecodingPolicy):
     model_type = "Dream"
     shift = 1
+    default_top_k = TOP_K
     confidence_fn = staticmethod(dream_confidences)
     predict = staticmethod(dream_predict)
 
@@ -132,6 +152,10 @@ class DreamPolicy(DecodingPolicy):
         return params
 
     def columns(self, seq: BlockProgress) -> StepColumns:
+        p = seq.params
+        return self._rule_columns(seq)._replace(top_p=p.top_p or 1.0, top_k=p.top_k or TOP_K)
+
+    def _rule_columns(self, seq: BlockProgress) -> StepColumns:
         p = seq.params
         cached = p.cache != "none"
         if cached and seq.step == 0:  # the block's full forward commits its first position only

@@ -40,6 +40,8 @@ class StepColumns(NamedTuple):
     alg: int = 0  # the family's confidence kind
     shift: int = 0  # position i is decided from the hidden state at i - shift
     first_only: bool = False  # only the block's first position may be committed
+    top_p: float = 1.0  # nucleus over the candidates' distribution (1.0: none)
+    top_k: int = 0  # candidates kept per position (the family's default_top_k: the usual step)
 
 
 class DecodingPolicy:
@@ -48,6 +50,7 @@ class DecodingPolicy:
 
     model_type = "llada"
     shift = 0
+    default_top_k = 0  # LLaDA's confidence is over the whole vocabulary
     confidence_fn = staticmethod(confidence_of)
     predict = staticmethod(predict)
 
@@ -56,6 +59,12 @@ class DecodingPolicy:
         if params.alg is not None:
             raise ValueError(f"alg: {params.alg!r} applies to Dream models; LLaDA chooses positions by "
                              "`remasking` and commits by `threshold` / `factor`")
+        if params.top_p is not None and params.top_p != 1.0:
+            raise ValueError(f"top_p: {params.top_p} applies to Dream models; LLaDA (as Fast-dLLM's LLaDA "
+                             "code) samples from the whole distribution")
+        if params.top_k is not None:
+            raise ValueError(f"top_k: {params.top_k} applies to Dream models; LLaDA (as Fast-dLLM's LLaDA "
+                             "code) samples from the whole distribution")
 
     def effective(self, params: GenerationParams) -> GenerationParams:
         return params

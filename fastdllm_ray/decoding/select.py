@@ -31,6 +31,9 @@ class StepRules:
     any_sampling: bool  # some row has temperature > 0 (known on the host: no sync)
     any_random: bool  # some row remasks at random
     alg: torch.Tensor | None = None  # [B] long: a family's own confidence kind (decoding/dream.py)
+    top_p: torch.Tensor | None = None  # [B] float64: nucleus (1.0: none)
+    top_k: torch.Tensor | None = None  # [B] long: candidates kept
+    keep_k: int = 0  # > 0: some row sets its own top_p / top_k (known on the host); the widest top_k
 
 
 def confidence_of(logits: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

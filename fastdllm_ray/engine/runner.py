@@ -84,9 +84,10 @@ class ModelRunner:
     def _body_into_buffer(self, n_tokens: int) -> None:
         self.hidden[:n_tokens].copy_(self._body(n_tokens))
 
-    def _decide(self, hidden: torch.Tensor, n_rows: int, width: int, sampling: bool, random: bool) -> torch.Tensor:
+    def _decide(self, hidden: torch.Tensor, n_rows: int, width: int, sampling: bool, random: bool,
+                keep_k: int = 0) -> torch.Tensor:
         """Decodes one step of each row's block; [rows, width + 2]: block, remaining, committed."""
-        inputs = block_inputs(self.rows[:n_rows], width, self.max_model_len, sampling, random)
+        inputs = block_inputs(self.rows[:n_rows], width, self.max_model_len, sampling, random, keep_k)
         logits = self.model.logits(hidden[inputs.hidden_index.reshape(-1)]).view(n_rows, width, -1)
         current = self.canvas[inputs.slots[:, None], inputs.canvas_pos]
         masked = (current == self.mask_id) & inputs.in_block
@@ -113,11 +114,14 @@ class ModelRunner:
         n_tokens = bucket(packed.n_tokens, self.token_buckets) if self.graphs is not None else None
         if n_tokens is None:  # CPU, graphs off, or a step too big to need them
             hidden = self._body(packed.n_tokens, host=self._host_lengths(packed))
-            return self._decide(hidden, packed.n_rows, packed.max_block, packed.sampling, packed.random)
+            return self._decide(hidden, packed.n_rows, packed.max_block, packed.sampling, packed.random,
+                                packed.keep_k)
         self.graphs(("forward", n_tokens), lambda: self._body_into_buffer(n_tokens))
         width = bucket(packed.max_block, BLOCK_BUCKETS)
-        if width is None or packed.sampling or packed.random:  # the generator's draws stay outside graphs
-            return self._decide(self.hidden, packed.n_rows, width or packed.max_block, packed.sampling, packed.random)
+        if width is None or packed.sampling or packed.random or packed.keep_k:
+            # the generator's draws and per-row candidate widths stay outside graphs
+            return self._decide(self.hidden, packed.n_rows, width or packed.max_block, packed.sampling, packed.random,
+                                packed.keep_k)
         n_rows = bucket(packed.n_rows, row_buckets(self.num_slots))
         return self.graphs(("decide", n_rows, width), lambda: self._decide(self.hidden, n_rows, width, False, False))
 

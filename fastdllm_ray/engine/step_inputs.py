@@ -22,10 +22,10 @@ from fastdllm_ray.model import PagedForward, PagedKVCache
 from fastdllm_ray.model.paged_attention import TILE_M, PagedBatch, query_tiles
 
 # columns of the per-row float64 input (exact for integers below 2**53); a zero row is padding
-# (RULE .. FIRST_ONLY: the family's StepColumns, decoding/policy.py)
+# (RULE .. TOP_K: the family's StepColumns, decoding/policy.py)
 (Q_START, Q_LEN, BLOCK_START, BLOCK_LEN, TOTAL, SLOT, RULE, FIXED, RANDOM, THRESHOLD, FACTOR,
- TEMP, ALG, SHIFT, FIRST_ONLY) = range(15)
-NUM_COLUMNS = 15
+ TEMP, ALG, SHIFT, FIRST_ONLY, TOP_P, TOP_K) = range(17)
+NUM_COLUMNS = 17
 
 
 def query_span(seq: Sequence) -> tuple[int, int]:
@@ -47,21 +47,25 @@ class PackedStep:
     sampling: bool  # some row has temperature > 0 (its draws stay outside CUDA graphs)
     random: bool  # some row remasks at random
     attended: int  # key positions attended, over all rows
+    keep_k: int = 0  # > 0: some row narrows its candidates (top_p / top_k: decided outside graphs)
 
 
 def pack_rows(seqs: list[Sequence], rows: torch.Tensor, policy: DecodingPolicy) -> PackedStep:
     """Fills `rows` (host memory, [seats, NUM_COLUMNS]) with one row per sequence, zeros after."""
-    values, n_tokens = [], 0
+    values, n_tokens, narrowed, widest = [], 0, False, 0
     for s in seqs:
         start, end = query_span(s)
-        values.append((start, end - start, s.block_start, s.block_length, s.total_len, s.slot) + policy.columns(s))
+        columns = policy.columns(s)
+        values.append((start, end - start, s.block_start, s.block_length, s.total_len, s.slot) + columns)
         n_tokens += end - start
+        narrowed |= columns.top_p < 1.0 or columns.top_k != policy.default_top_k
+        widest = max(widest, columns.top_k)
     rows.zero_()
     if values:
         rows[: len(values)] = torch.tensor(values, dtype=torch.float64)
     return PackedStep(rows, len(seqs), n_tokens, max(s.block_length for s in seqs),
                       any(s.params.temperature > 0 for s in seqs), any(s.params.remasking == "random" for s in seqs),
-                      sum(s.total_len for s in seqs))
+                      sum(s.total_len for s in seqs), widest if narrowed else 0)
 
 
 def _columns(rows: torch.Tensor, *names: int) -> list[torch.Tensor]:
@@ -103,7 +107,8 @@ class BlockInputs:
     rules: StepRules
 
 
-def block_inputs(rows: torch.Tensor, width: int, scratch_col: int, sampling: bool, random: bool) -> BlockInputs:
+def block_inputs(rows: torch.Tensor, width: int, scratch_col: int, sampling: bool, random: bool,
+                 keep_k: int = 0) -> BlockInputs:
     q_start, q_len, block_start, block_len, slot, shift = _columns(rows, Q_START, Q_LEN, BLOCK_START, BLOCK_LEN,
                                                                    SLOT, SHIFT)
     first_query = torch.cumsum(q_len, 0) - q_len
@@ -115,5 +120,6 @@ def block_inputs(rows: torch.Tensor, width: int, scratch_col: int, sampling: boo
     canvas_pos = torch.where(in_block, block_start[:, None] + j, scratch_col)
     rules = StepRules(rule=rows[:, RULE].long(), fixed_count=rows[:, FIXED].long(), threshold=rows[:, THRESHOLD],
                       factor=rows[:, FACTOR], temperature=rows[:, TEMP], random_remasking=rows[:, RANDOM].bool(),
-                      any_sampling=sampling, any_random=random, alg=rows[:, ALG].long())
+                      any_sampling=sampling, any_random=random, alg=rows[:, ALG].long(), top_p=rows[:, TOP_P],
+                      top_k=rows[:, TOP_K].long(), keep_k=keep_k)
     return BlockInputs(hidden_index, canvas_pos, in_block, eligible, slot, rules)

@@ -123,8 +123,6 @@ def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model
                        default_max_tokens: int = DEFAULT_MAX_TOKENS) -> GenerationParams:
     if req.n != 1:
         raise RequestError("n: only n=1 is supported", param="n")
-    if req.top_p is not None and req.top_p != 1.0:
-        raise RequestError("top_p: only 1.0 is supported (diffusion decoding samples whole blocks)", param="top_p")
     max_tokens = default_max_tokens if max_tokens is None else max_tokens
     if max_tokens < 1:
         raise RequestError(f"max_tokens: {max_tokens} must be >= 1", param="max_tokens")
@@ -147,7 +145,7 @@ def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model
             # more steps than answer tokens would only run forwards that commit nothing
             steps=min(req.steps, padded), gen_length=max_tokens, block_length=req.block_length,
             threshold=req.threshold, factor=req.factor, temperature=req.temperature,
-            remasking=req.remasking, cache=cache, alg=req.alg,
+            remasking=req.remasking, cache=cache, alg=req.alg, top_p=req.top_p, top_k=req.top_k,
         )
     except ValueError as exc:
         field = str(exc).split(":", 1)[0].split(" ")[0]

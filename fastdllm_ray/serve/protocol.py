@@ -34,7 +34,8 @@ class FastDLLMFields(BaseModel):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     n: int = Field(1, description="only 1 is supported")
-    top_p: Optional[float] = Field(None, description="accepted for compatibility; only 1.0 is supported")
+    top_p: Optional[float] = Field(None, description="Dream models: nucleus over each position's distribution; "
+                                                     "LLaDA: only 1.0")
     seed: Optional[int] = Field(None, description="accepted for compatibility; decoding uses the engine's seed")
     user: Optional[str] = None
     # Fast-dLLM extras
@@ -51,6 +52,8 @@ class FastDLLMFields(BaseModel):
     alg: Optional[str] = Field(None, description="Dream models' choice rule: entropy, maskgit_plus, topk_margin or "
                                                  "confidence_threshold (default: entropy, or confidence_threshold "
                                                  "with a threshold); not for LLaDA")
+    top_k: Optional[int] = Field(None, description="Dream models: candidates kept per position (default 50, as "
+                                                   "the reference); not for LLaDA")
 
 
 class CompletionRequest(FastDLLMFields):

@@ -1,7 +1,6 @@
 """Dream's decoding rules where the reference vectors do not reach: fields that belong to the
 other family are refused by name, a model that ranks the mask token first still finishes,
-sampling, the top-50 confidences and the threshold-without-a-cache schedule behave as
-documented."""
+sampling and the threshold-without-a-cache schedule behave as documented."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import pytest
 import torch
 
 from fastdllm_ray import GenerationParams, generate, load_model
-from fastdllm_ray.decoding.dream import ALG_ENTROPY, ALG_MARGIN, ALG_MAXPROB, TOP_K, dream_confidences, scheduled_count
+from fastdllm_ray.decoding.dream import scheduled_count
 from tests.conftest import DREAM_CHECKPOINT
 from tests.engine.test_mask_never_predicted import MaskFirstModel
 
@@ -74,33 +73,3 @@ def test_schedule_commits_the_float32_share_and_all_on_the_last_step():
     # 32 masks over 32 steps: the first step's share 32 * (1 - t1/t0) = 0.999 rounds down
     assert [scheduled_count(32, 0, 32), scheduled_count(32, 1, 32), scheduled_count(5, 31, 32)] == [0, 1, 5]
 
-
-def _reference_style(logits: torch.Tensor):
-    """The reference's way: every logit below the 50th largest set to the dtype's minimum,
-    a softmax over the whole vocabulary, then max / margin / negative entropy."""
-    kth = logits.topk(TOP_K, dim=-1).values[..., -1:]
-    probs = torch.softmax(logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min), dim=-1)
-    top2 = probs.topk(2, dim=-1).values
-    return {ALG_MAXPROB: top2[..., 0], ALG_MARGIN: top2[..., 0] - top2[..., 1],
-            ALG_ENTROPY: (probs * torch.log(probs + 1e-10)).sum(dim=-1)}
-
-
-@pytest.mark.parametrize("alg", [ALG_MAXPROB, ALG_MARGIN, ALG_ENTROPY])
-def test_confidences_are_over_the_50_most_likely_tokens_as_the_reference_computes(alg):
-    logits = torch.randn(3, 40, 512, generator=torch.Generator().manual_seed(0)) * 2
-    _, _, _, x0, confidence = dream_confidences(logits, torch.full((3,), alg), mask_id=500)
-    want = _reference_style(logits)[alg]
-    assert torch.allclose(confidence, want, atol=1e-6, rtol=0)
-    untruncated = {ALG_MAXPROB: torch.softmax(logits, -1).amax(-1), ALG_MARGIN: None,
-                   ALG_ENTROPY: (torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)}[alg]
-    if untruncated is not None:  # truncation matters: the whole-vocabulary value is another number
-        assert (untruncated - want).abs().max() > 1e-3
-    masked_logits = logits.masked_fill(torch.arange(512) == 500, -torch.inf)
-    assert torch.equal(x0, masked_logits.argmax(-1))
-
-
-def test_the_mask_token_in_the_top_50_is_never_the_answer():
-    logits = torch.zeros(1, 1, 512)
-    logits[0, 0, 500], logits[0, 0, 7] = 9.0, 8.0
-    probs, _, _, x0, confidence = dream_confidences(logits, torch.tensor([ALG_MAXPROB]), mask_id=500)
-    assert x0.item() == 7 and confidence.item() == pytest.approx(probs[0, 0, 1].item())

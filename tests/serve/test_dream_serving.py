@@ -44,13 +44,19 @@ def client(app) -> OpenAI:
     return OpenAI(base_url=f"{app[0]}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def test_chat_with_alg_answers_what_the_engine_answers_alone(client):
-    reply = client.chat.completions.create(model=NAME, messages=QUESTION, max_tokens=16,
-                                           extra_body={"alg": "entropy", "block_length": 8, "steps": 16})
+def chat_prompt():
+    """The tokenizer and QUESTION's prompt ids under the checkpoint's chat template."""
     tokenizer = load_tokenizer(TINY_DREAM)
     prompt = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=True)
     if isinstance(prompt, dict) or hasattr(prompt, "input_ids"):
         prompt = prompt["input_ids"]
+    return tokenizer, prompt
+
+
+def test_chat_with_alg_answers_what_the_engine_answers_alone(client):
+    reply = client.chat.completions.create(model=NAME, messages=QUESTION, max_tokens=16,
+                                           extra_body={"alg": "entropy", "block_length": 8, "steps": 16})
+    tokenizer, prompt = chat_prompt()
     alone = generate(load_model(TINY_DREAM), [prompt],
                      GenerationParams(gen_length=16, block_length=8, steps=16, alg="entropy"))[0]
     assert reply.usage.prompt_tokens == len(prompt)
@@ -58,8 +64,18 @@ def test_chat_with_alg_answers_what_the_engine_answers_alone(client):
     assert reply.choices[0].message.content == tokenizer.decode(alone.token_ids, skip_special_tokens=True)
 
 
+def test_top_p_and_top_k_answer_what_the_engine_answers_alone(client):
+    reply = client.chat.completions.create(model=NAME, messages=QUESTION, max_tokens=16, top_p=0.6,
+                                           extra_body={"top_k": 20, "block_length": 8, "steps": 16})
+    tokenizer, prompt = chat_prompt()
+    alone = generate(load_model(TINY_DREAM), [prompt],
+                     GenerationParams(gen_length=16, block_length=8, steps=16, top_p=0.6, top_k=20))[0]
+    assert reply.choices[0].message.content == tokenizer.decode(alone.token_ids, skip_special_tokens=True)
+
+
 @pytest.mark.parametrize("body,field", [({"alg": "origin"}, "alg"), ({"remasking": "random"}, "remasking"),
-                                        ({"factor": 1.0}, "factor"), ({"alg": "entropy", "threshold": 0.5}, "threshold")])
+                                        ({"factor": 1.0}, "factor"), ({"alg": "entropy", "threshold": 0.5}, "threshold"),
+                                        ({"top_p": 1.5}, "top_p"), ({"top_k": 0}, "top_k")])
 def test_bad_or_foreign_field_is_a_400_naming_it(client, body, field):
     with pytest.raises(BadRequestError) as caught:
         client.chat.completions.create(model=NAME, messages=QUESTION, max_tokens=8, extra_body=body)

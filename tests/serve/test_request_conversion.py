@@ -90,7 +90,9 @@ def test_user_text_spelling_special_tokens_stays_plain_text(encoder, tokenizer):
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"stop": ""}, "stop"),
     ({"n": 2}, "n"),
-    ({"top_p": 0.5}, "top_p"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_k": 0}, "top_k"),
 ])
 def test_out_of_range_settings_are_refused_naming_the_field(encoder, fields, param):
     with pytest.raises(RequestError) as refused:
