@@ -12,7 +12,7 @@ from typing import Optional
 
 # setting -> how a typed value is read; None or "off" means the server's default
 SETTINGS = {"threshold": float, "factor": float, "block_length": int, "steps": int, "max_tokens": int,
-            "temperature": float, "cache": str}
+            "temperature": float, "cache": str, "alg": str, "top_p": float, "top_k": int}
 CACHE_MODES = ("dual", "prefix", "none")
 HELP = ("/settings                 show the decoding settings\n"
         "/settings threshold=0.8 block_length=16   change some (name=off: the server's default)\n"
@@ -38,6 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, help="forwards for the fixed schedule (server default 128)")
     parser.add_argument("--max-tokens", type=int, help="answer tokens (server default: the model's)")
     parser.add_argument("--temperature", type=float)
+    parser.add_argument("--alg", help="Dream models: entropy, maskgit_plus, topk_margin or confidence_threshold")
+    parser.add_argument("--top-p", type=float, help="Dream models: nucleus of each position's distribution")
+    parser.add_argument("--top-k", type=int, help="Dream models: candidates kept per position (server default 50)")
     parser.set_defaults(func=run)
 
 

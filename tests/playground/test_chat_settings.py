@@ -6,7 +6,8 @@ import pytest
 
 from fastdllm_ray.commands.chat import change_settings, request_body
 
-DEFAULTS = dict.fromkeys(["threshold", "factor", "block_length", "steps", "max_tokens", "temperature", "cache"])
+DEFAULTS = dict.fromkeys(["threshold", "factor", "block_length", "steps", "max_tokens", "temperature", "cache", "alg",
+                          "top_p", "top_k"])
 
 
 def test_settings_are_read_by_type_and_off_means_the_servers_default():
@@ -42,3 +43,11 @@ def test_the_request_carries_only_what_was_set():
     assert request_body("m", messages, settings) == {
         "model": "m", "messages": messages, "stream_options": {"include_usage": True},
         "use_cache": True, "use_dual_cache": False, "steps": 16}
+
+
+def test_dreams_settings_travel_as_the_servers_fields():
+    settings = change_settings(DEFAULTS, ["alg=maskgit_plus", "top-p=0.95", "top_k=20", "temperature=0.2"])
+    body = request_body("dream", [], settings)
+    assert (body["alg"], body["top_p"], body["top_k"], body["temperature"]) == ("maskgit_plus", 0.95, 20, 0.2)
+    with pytest.raises(ValueError, match="^top_k: '2.5' is not a whole number"):
+        change_settings(DEFAULTS, ["top_k=2.5"])
