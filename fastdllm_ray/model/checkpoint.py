@@ -137,13 +137,18 @@ def load_model(
 
 
 def _tokenizer_end_ids(directory: Path) -> tuple[int, ...]:
-    """LLaDA's chat turns end with <|eot_id|>, Dream's with <|im_end|>; documents with <|endoftext|>."""
-    tok = directory / "tokenizer.json"
-    if not tok.exists():
-        return ()
-    vocab = json.loads(tok.read_text()).get("added_tokens", [])
-    wanted = {"<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<|end_of_text|>", "<|eos|>"}
-    return tuple(t["id"] for t in vocab if t.get("content") in wanted)
+    """LLaDA's chat turns end with <|eot_id|>, Dream's with <|im_end|>; documents with <|endoftext|>.
+    The added tokens are listed in tokenizer.json (a fast tokenizer) or, where a checkpoint
+    ships only vocab.json + merges.txt (Dream's), in tokenizer_config.json."""
+    added: dict[str, int] = {}
+    tok, tok_config = directory / "tokenizer.json", directory / "tokenizer_config.json"
+    if tok_config.exists():
+        decoder = json.loads(tok_config.read_text()).get("added_tokens_decoder", {})
+        added.update({t.get("content"): int(i) for i, t in decoder.items()})
+    if tok.exists():
+        added.update({t.get("content"): t["id"] for t in json.loads(tok.read_text()).get("added_tokens", [])})
+    wanted = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<|end_of_text|>", "<|eos|>")
+    return tuple(sorted({added[w] for w in wanted if w in added}))
 
 
 def save_checkpoint(
@@ -181,17 +186,29 @@ def save_checkpoint(
     return directory
 
 
+# Tokenizers that checkpoints ship as custom code (auto_map), and the transformers tokenizer
+# that does the same: Dream's tokenization_dream.py is Qwen2's byte-level BPE (the same
+# pre-tokenizer pattern, NFC normalisation, vocab.json + merges.txt, no spaces added around
+# special tokens when decoding).
+BUILT_IN_EQUIVALENT = {"DreamTokenizer": "qwen2"}
+
+
 def load_tokenizer(path_or_id: str | Path):
-    """The checkpoint's tokenizer (with its chat template) through transformers."""
+    """The checkpoint's tokenizer (with its chat template) through transformers, never running
+    the checkpoint's own code: a tokenizer class from BUILT_IN_EQUIVALENT is read by its
+    transformers equivalent, any other custom one is refused by transformers with an error."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    directory = resolve_checkpoint(path_or_id)
+    config_file = Path(directory, "tokenizer_config.json")
+    declared = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.exists() else None
+    kwargs = {"tokenizer_type": BUILT_IN_EQUIVALENT[declared]} if declared in BUILT_IN_EQUIVALENT else {}
     # transformers reads config.json on the way and warns that it knows no model type "llada"
-    # (or "Dream"):
-    # true, and irrelevant to the tokenizer
+    # (or "Dream"): true, and irrelevant to the tokenizer
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(str(resolve_checkpoint(path_or_id)))
+        return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False, **kwargs)
     finally:
         hf_logging.set_verbosity(level)
