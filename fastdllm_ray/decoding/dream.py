@@ -77,14 +77,15 @@ def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int,
     likely, cut per row to its `top_k` [B] and to its nucleus `top_p` [B] (the reference's
     order: the nucleus over the whole tempered distribution, then the top k).
     Returns probs [B, n, k] (float32, renormalised over the candidates, the mask token
-    included, tempered when `temperature` [B] is given), allowed (probs with the mask
-    token's set to -1), index [B, n, k] (their token ids, best first), x0 [B, n] (the most
+    included, tempered when `temperature` [B] is given), allowed (the order x0 and draws
+    choose in: probs, below them the candidates cut, the mask token last), index [B, n, k] (their token ids, best first), x0 [B, n] (the most
     probable token that is not the mask) and the confidence [B, n] of each row's alg. The
     reference keeps every logit at least as large as the k-th (ties can keep more); ours
     keeps exactly k. The top k are taken in the logits' own dtype (a temperature keeps
     their order), so the whole [B, n, vocab] tensor is read once and never copied.
     """
-    values, index = logits.topk(min(keep_k or TOP_K, logits.shape[-1]), dim=-1)
+    width = max(keep_k, 2) if keep_k else TOP_K  # two at least: the margin, and an answer besides the mask
+    values, index = logits.topk(min(width, logits.shape[-1]), dim=-1)
     values = values.float()
     scale = None
     if temperature is not None:  # the reference divides the logits by the temperature first
@@ -103,12 +104,16 @@ def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int,
         values = values.masked_fill(~kept, float("-inf"))
     probs = torch.softmax(values, dim=-1)
     neg_entropy = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
-    allowed = torch.where(index == mask_id, -1.0, probs)
+    # The mask token is never the answer: it ranks below every other candidate, and one cut
+    # by top_p / top_k (probability 0) still ranks above it, best first, for when the cut
+    # leaves only the mask.
+    fallback = -1.0 - torch.arange(values.shape[-1], device=values.device) / values.shape[-1]
+    allowed = torch.where(index == mask_id, -3.0, torch.where(probs > 0, probs, fallback))
     best, pick = allowed.max(dim=-1)
     x0 = index.gather(-1, pick[..., None]).squeeze(-1)
     alg = alg[:, None]
     confidence = torch.where(alg == ALG_MARGIN, probs[..., 0] - probs[..., 1],
-                             torch.where(alg == ALG_ENTROPY, neg_entropy, best))
+                             torch.where(alg == ALG_ENTROPY, neg_entropy, best.clamp(min=0)))
     return probs, allowed, index, x0, confidence
 
 
@@ -120,7 +125,7 @@ def dream_predict(logits: torch.Tensor, rules: StepRules, generator: torch.Gener
                                                           rules.top_k, rules.keep_k)
     if rules.any_sampling:  # a draw from the tempered top-k probabilities, the mask token excluded
         noise = torch.empty(probs.shape, dtype=torch.float32, device=probs.device).exponential_(generator=generator)
-        pick = (allowed.clamp(min=0) / noise).argmax(dim=-1, keepdim=True)
+        pick = torch.where(allowed > 0, allowed / noise, allowed).argmax(dim=-1, keepdim=True)
         sampled = (rules.temperature > 0)[:, None]
         x0 = torch.where(sampled, index.gather(-1, pick).squeeze(-1), x0)
         drawn_prob = probs.gather(-1, pick).squeeze(-1)

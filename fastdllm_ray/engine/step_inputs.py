@@ -52,7 +52,8 @@ class PackedStep:
 
 def pack_rows(seqs: list[Sequence], rows: torch.Tensor, policy: DecodingPolicy) -> PackedStep:
     """Fills `rows` (host memory, [seats, NUM_COLUMNS]) with one row per sequence, zeros after."""
-    values, n_tokens, narrowed, widest = [], 0, False, 0
+    # narrowed rows still see the family's default candidates: a cut never leaves too few to choose from
+    values, n_tokens, narrowed, widest = [], 0, False, policy.default_top_k
     for s in seqs:
         start, end = query_span(s)
         columns = policy.columns(s)

@@ -78,6 +78,10 @@ def test_the_mask_token_among_the_candidates_is_never_the_answer():
     logits[0, 0, MASK], logits[0, 0, 7] = 9.0, 8.0
     probs, _, _, x0, confidence = dream_confidences(logits, torch.tensor([ALG_MAXPROB]), MASK)
     assert x0.item() == 7 and confidence.item() == pytest.approx(probs[0, 0, 1].item())
+    # top_k 1 keeps the mask alone: the best token cut is the answer, with probability 0
+    one = torch.tensor([1.0], dtype=torch.float64), torch.tensor([1])
+    probs, _, _, x0, confidence = dream_confidences(logits, torch.tensor([ALG_MAXPROB]), MASK, None, *one, keep_k=50)
+    assert x0.item() == 7 and confidence.item() == 0.0 and probs[0, 0, 0].item() == 1.0
 
 
 def params_of(case: dict, **changes) -> GenerationParams:

@@ -43,11 +43,17 @@ class DreamMaskFirst(MaskFirstModel):
         self.end_token_ids = ()
 
 
-@pytest.mark.parametrize("cache,alg", [("none", "entropy"), ("dual", "confidence_threshold"),
-                                       ("prefix", "topk_margin"), ("none", "confidence_threshold")])
-def test_dream_never_commits_the_mask_and_finishes(cache, alg):
+@pytest.mark.parametrize("cache,alg,narrowed", [
+    ("none", "entropy", {}), ("dual", "confidence_threshold", {}), ("prefix", "topk_margin", {}),
+    ("none", "confidence_threshold", {}),
+    # a cut that leaves only the mask token: the best token it cut is the answer
+    ("dual", "entropy", dict(top_k=1)), ("none", "maskgit_plus", dict(top_p=0.5)),
+    ("dual", "maskgit_plus", dict(top_k=1, temperature=0.8)),
+])
+def test_dream_never_commits_the_mask_and_finishes(cache, alg, narrowed):
     model = DreamMaskFirst()
-    params = GenerationParams(gen_length=16, block_length=8, steps=8, alg=alg, cache=cache, stop_at_eos=False)
+    params = GenerationParams(gen_length=16, block_length=8, steps=8, alg=alg, cache=cache, stop_at_eos=False,
+                              **narrowed)
     result = generate(model, [PROMPT], params)[0]
     assert len(result.token_ids) == 16 and model.config.mask_token_id not in result.token_ids
     assert result.finish_reason == "length"
