@@ -78,21 +78,22 @@ def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int,
     order: the nucleus over the whole tempered distribution, then the top k).
     Returns probs [B, n, k] (float32, renormalised over the candidates, the mask token
     included, tempered when `temperature` [B] is given), allowed (the order x0 and draws
-    choose in: probs, below them the candidates cut, the mask token last), index [B, n, k] (their token ids, best first), x0 [B, n] (the most
-    probable token that is not the mask) and the confidence [B, n] of each row's alg. The
-    reference keeps every logit at least as large as the k-th (ties can keep more); ours
-    keeps exactly k. The top k are taken in the logits' own dtype (a temperature keeps
-    their order), so the whole [B, n, vocab] tensor is read once and never copied.
+    choose in: probs, below them the candidates cut, the mask token last), index [B, n, k]
+    (their token ids, best first), x0 [B, n] (the most probable token that is not the mask)
+    and the confidence [B, n] of each row's alg. The reference keeps every logit at least as
+    large as the k-th (ties can keep more); ours keeps exactly k. The top k are taken in the
+    logits' own dtype (a temperature keeps their order), so without `keep_k` the whole
+    [B, n, vocab] tensor is read once and never copied (a nucleus needs its logsumexp too).
     """
     width = max(keep_k, 2) if keep_k else TOP_K  # two at least: the margin, and an answer besides the mask
     values, index = logits.topk(min(width, logits.shape[-1]), dim=-1)
     values = values.float()
+    rank = torch.arange(values.shape[-1], device=values.device)
     scale = None
     if temperature is not None:  # the reference divides the logits by the temperature first
         scale = torch.where(temperature > 0, temperature, 1.0).float()[:, None, None]
         values = values / scale
     if keep_k:
-        rank = torch.arange(values.shape[-1], device=values.device)
         kept = rank < top_k[:, None, None]
         whole = logits.float() if scale is None else logits.float() / scale
         mass = (values - whole.logsumexp(dim=-1, keepdim=True)).exp().cumsum(dim=-1)
@@ -107,7 +108,7 @@ def dream_confidences(logits: torch.Tensor, alg: torch.Tensor, mask_id: int,
     # The mask token is never the answer: it ranks below every other candidate, and one cut
     # by top_p / top_k (probability 0) still ranks above it, best first, for when the cut
     # leaves only the mask.
-    fallback = -1.0 - torch.arange(values.shape[-1], device=values.device) / values.shape[-1]
+    fallback = -1.0 - rank / values.shape[-1]
     allowed = torch.where(index == mask_id, -3.0, torch.where(probs > 0, probs, fallback))
     best, pick = allowed.max(dim=-1)
     x0 = index.gather(-1, pick[..., None]).squeeze(-1)
