@@ -57,6 +57,7 @@ def run_tasks(args: argparse.Namespace, tasks: list[str]) -> int:
     from lm_eval.utils import handle_non_serializable, make_table, setup_logging
 
     import fastdllm_ray.lmeval.backend  # noqa: F401  (registers the model even without the .pth hook)
+    from fastdllm_ray.lmeval.parallel import leave_process_group
 
     setup_logging()  # lm-eval's progress lines, as its own CLI shows them
     settings = harness_settings(args, tasks)
@@ -67,13 +68,13 @@ def run_tasks(args: argparse.Namespace, tasks: list[str]) -> int:
     print(f"lm-eval: model {settings['model']}, model_args {settings['model_args']}"
           + (f", gen_kwargs {settings['gen_kwargs']}" if settings.get("gen_kwargs") else ""))
     results = lm_eval.simple_evaluate(task_manager=manager, **settings)
-    if results is None:  # not rank 0 of a data-parallel run: rank 0 reports
-        return 0
-    print(make_table(results))
-    if "groups" in results:
-        print(make_table(results, "groups"))
-    out = Path(args.out_dir) / "lm-eval-results.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=handle_non_serializable))
-    print(f"wrote {out}")
+    if results is not None:  # None on the other ranks of a data-parallel run: rank 0 reports
+        print(make_table(results))
+        if "groups" in results:
+            print(make_table(results, "groups"))
+        out = Path(args.out_dir) / "lm-eval-results.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, default=handle_non_serializable))
+        print(f"wrote {out}")
+    leave_process_group()
     return 0

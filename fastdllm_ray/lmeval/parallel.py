@@ -6,6 +6,7 @@ collectives lm-eval's evaluator calls."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from datetime import timedelta
@@ -26,6 +27,8 @@ class DataParallel:
 
             cpu = device == "cpu" or not torch.cuda.is_available()
             self.accelerator = Accelerator(cpu=cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=_GATHER_TIMEOUT)])
+            # under lm-eval's own CLI nothing else tears the group down (see leave_process_group)
+            atexit.register(_destroy_process_group)
             # one device per process: accelerate's (cuda:<local rank>), whatever device says
             self.device = self.accelerator.device
         elif device and not (device.startswith("cuda") and not torch.cuda.is_available()):
@@ -57,3 +60,17 @@ class DataParallel:
     def barrier(self) -> None:
         if self.world_size > 1:
             self.accelerator.wait_for_everyone()
+
+
+def leave_process_group() -> None:
+    """Every rank waits for the others to finish (rank 0 writes the results), then the group is torn
+    down. A rank that exits while gloo's threads still run can abort ("terminate called without an
+    active exception", SIGABRT), and torchrun then fails the whole run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    _destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
