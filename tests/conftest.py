@@ -8,12 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastdllm_ray.serve.ray_env import apply_serve_env_defaults
+
 REFDATA = Path(__file__).parent / "fixtures" / "refdata"
 REF_CHECKPOINT = REFDATA / "checkpoint"
 
 # The test models are tiny: a second intra-op thread gains nothing, and on a busy machine
 # OpenMP threads waiting on each other make a forward 10-100x slower.
 torch.set_num_threads(1)
+# every Ray cluster a test starts (ray.init here, `ray start` / `serve run` subprocesses) gets the
+# settings `fastdllm-ray serve` gives its own: Serve's proxy starts late on a busy CI machine
+apply_serve_env_defaults()
 
 
 @pytest.fixture(scope="session")

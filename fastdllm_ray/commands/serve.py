@@ -65,9 +65,12 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from fastdllm_ray.serve.ray_env import apply_serve_env_defaults
     from fastdllm_ray.serve.replica import served_model_name
 
     config = config_from_args(args)
+    if not args.address:  # a new local cluster: its processes inherit these
+        apply_serve_env_defaults()
     ray.init(address=args.address, num_cpus=args.num_cpus if not args.address else None)
     try:  # Ctrl-C may come while the app is still deploying: it stops that too
         url = start(config, args.host, args.port)
