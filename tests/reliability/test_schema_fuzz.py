@@ -15,7 +15,7 @@ from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME
 from fastdllm_ray.serve.config import AppConfig
 from serve_harness import replica_stats, running_app
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]  # the first test includes the app's start
 
 KEY = "fuzz-key"
 HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
@@ -35,6 +35,8 @@ def fuzz(base_url: str, out: Path, mode: str, examples: int) -> tuple[subprocess
            "--phases", "examples,coverage,fuzzing", "--mode", mode, "--max-examples", str(examples),
            "--seed", "20261123", "--header", f"Authorization: Bearer {KEY}",
            "--workers", "1", "--request-timeout", "280", "--max-failures", "5",
+           # the same requests on every run and machine (no example database, no health check cutting a slow run short)
+           "--generation-deterministic", "--suppress-health-check", "all",
            "--report", "ndjson", "--report-ndjson-path", str(out), "--warnings", "off"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS), "FASTDLLM_FUZZ_MODEL": DEFAULT_MODEL_NAME}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=270, env=env)
