@@ -13,7 +13,7 @@ from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME
 from fastdllm_ray.serve.config import AppConfig
 from serve_harness import load_through_outage, running_app
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]  # the first test includes the start, the kill and the recovery
 
 APP, DEPLOYMENT = "fastdllm", "EngineReplica"
 ONGOING = 6  # per replica: what one replica can have in flight when it dies

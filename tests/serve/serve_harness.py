@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import httpx
 from tests.net import free_port
 
-APP_START_TIMEOUT_S = 120
+APP_START_TIMEOUT_S = 240  # a busy 2-core machine has taken over 120 s
+AFTER_RECOVERY_TIMEOUT_S = 120
 
 
 @contextmanager
@@ -70,8 +71,9 @@ async def client_loop(http: httpx.AsyncClient, url: str, body: dict, stop: async
 
 def load_through_outage(url: str, body: dict, clients: int, break_it, wait_recovered) -> tuple[list[Outcome], float, float]:
     """`clients` client loops; 4 s in, break_it() (the outage begins), then wait_recovered() (in a
-    thread, returns when the service is whole again); load goes on 4 s more. Returns every
-    request's outcome, when the outage began and when it was over."""
+    thread, returns when the service is whole again); load goes on 4 s more, and until `clients`
+    requests started after the recovery have ended (on a slow machine one takes seconds).
+    Returns every request's outcome, when the outage began and when it was over."""
 
     async def scenario():
         log: list[Outcome] = []
@@ -84,6 +86,9 @@ def load_through_outage(url: str, body: dict, clients: int, break_it, wait_recov
             await asyncio.to_thread(wait_recovered)
             recovered_at = time.monotonic()
             await asyncio.sleep(4)
+            deadline = time.monotonic() + AFTER_RECOVERY_TIMEOUT_S
+            while sum(o.started > recovered_at for o in log) < clients and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
             stop.set()
             await asyncio.gather(*tasks)
         return log, broken_at, recovered_at

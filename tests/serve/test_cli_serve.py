@@ -16,7 +16,7 @@ from openai import OpenAI
 from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME
 from serve_harness import APP_START_TIMEOUT_S, free_port
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 
 
 def cli() -> list[str]:
