@@ -57,9 +57,7 @@ class GenerationParams:
         if self.threshold is not None and self.factor is not None:
             raise ValueError("threshold and factor: set at most one of them")
         if self.threshold is not None:
-            _check_float("threshold", self.threshold)
-            if not 0.0 < self.threshold <= 1.0:
-                raise ValueError(f"threshold: {self.threshold} is outside (0, 1]")
+            _check_fraction("threshold", self.threshold)
         if self.factor is not None:
             _check_float("factor", self.factor)
             if not self.factor > 0.0:
@@ -74,9 +72,7 @@ class GenerationParams:
         if self.alg is not None and self.alg not in DREAM_ALGS:
             raise ValueError(f"alg: {self.alg!r} is not one of {DREAM_ALGS}")
         if self.top_p is not None:
-            _check_float("top_p", self.top_p)
-            if not 0.0 < self.top_p <= 1.0:
-                raise ValueError(f"top_p: {self.top_p} is outside (0, 1]")
+            _check_fraction("top_p", self.top_p)
         if self.top_k is not None:
             _check_int("top_k", self.top_k, minimum=1)
         if not isinstance(self.stop_at_eos, bool):
@@ -103,6 +99,13 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name}: {value!r} is not an integer")
     if value < minimum:
         raise ValueError(f"{name}: {value} must be >= {minimum}")
+
+
+def _check_fraction(name: str, value) -> None:
+    """A finite number in (0, 1]."""
+    _check_float(name, value)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name}: {value} is outside (0, 1]")
 
 
 def _check_float(name: str, value) -> None:
