@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastdllm_ray.decoding.policy import BlockProgress, DecodingPolicy, StepColumns
+from fastdllm_ray.decoding.canvas import CanvasPolicy
+from fastdllm_ray.decoding.policy import StepColumns
 from fastdllm_ray.decoding.schedule import num_to_commit
 from fastdllm_ray.decoding.select import RULE_CAPPED_THRESHOLD, RULE_FIXED, StepRules
 from fastdllm_ray.params import GenerationParams
@@ -134,51 +135,49 @@ def dream_predict(logits: torch.Tensor, rules: StepRules, generator: torch.Gener
     return x0, confidence
 
 
-class DreamPolicy(DecodingPolicy):
-    model_type = "Dream"
+class DreamPolicy(CanvasPolicy):
+    model_types = ("Dream",)
+    family = "Dream"
+    accepts = frozenset({"steps", "cache", "alg", "top_p", "top_k"})
     shift = 1
     default_top_k = TOP_K
     confidence_fn = staticmethod(dream_confidences)
     predict = staticmethod(dream_predict)
 
     def validate(self, params: GenerationParams) -> None:
-        if params.factor is not None:
-            raise ValueError("factor: applies to LLaDA models; Dream commits by `alg` "
-                             "(with `threshold` under alg 'confidence_threshold')")
-        if params.remasking != "low_confidence":
-            raise ValueError(f"remasking: {params.remasking!r} applies to LLaDA models; Dream chooses "
-                             "positions by `alg`")
+        super().validate(params)
         if params.threshold is not None and alg_of(params) != "confidence_threshold":
             raise ValueError(f"threshold: applies with alg 'confidence_threshold', not {params.alg!r}")
 
     def effective(self, params: GenerationParams) -> GenerationParams:
         """Without a cache Dream decodes one block as long as the answer (generation_utils)."""
+        params = super().effective(params)
         if params.cache == "none" and params.block_length != params.gen_length:
             return params.with_changes(block_length=params.gen_length)
         return params
 
-    def columns(self, seq: BlockProgress) -> StepColumns:
+    def columns(self, seq) -> StepColumns:
         p = seq.params
         return self._rule_columns(seq)._replace(top_p=p.top_p or 1.0, top_k=p.top_k or TOP_K)
 
-    def _rule_columns(self, seq: BlockProgress) -> StepColumns:
-        p = seq.params
+    def _rule_columns(self, seq) -> StepColumns:
+        p, state = seq.params, seq.state
         cached = p.cache != "none"
-        if cached and seq.step == 0:  # the block's full forward commits its first position only
+        if cached and state.step == 0:  # the block's full forward commits its first position only
             return StepColumns(RULE_FIXED, 1, False, 1.0, 1.0, p.temperature, ALG_MAXPROB, 1, True)
         alg = alg_of(p)
         if alg == "confidence_threshold":
             if cached:
-                count = seq.masked
+                count = state.masked
             else:  # steps-many a step on average, plus what earlier steps left (none after `steps`)
-                base = num_to_commit(seq.step, seq.block_length, p.steps) if seq.step < p.steps else 0
-                count = base + seq.carried
+                base = num_to_commit(state.step, p.block_length, p.steps) if state.step < p.steps else 0
+                count = base + state.carried
             return StepColumns(RULE_CAPPED_THRESHOLD, count, False, p.threshold or DEFAULT_THRESHOLD, 1.0,
                                p.temperature, ALG_MAXPROB, 1)
-        count = scheduled_count(seq.masked, seq.step, p.steps_per_block)
+        count = scheduled_count(state.masked, state.step, p.block_steps)
         return StepColumns(RULE_FIXED, count, False, 1.0, 1.0, p.temperature, _ALG_CODES[alg], 1)
 
-    def after_step(self, seq: BlockProgress, committed: int) -> None:
+    def after_step(self, seq, committed: int) -> None:
         p = seq.params
         if p.cache == "none" and alg_of(p) == "confidence_threshold":
-            seq.carried = self.columns(seq).count - committed
+            seq.state.carried = self.columns(seq).count - committed

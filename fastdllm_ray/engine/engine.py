@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass
 
 
+from fastdllm_ray.decoding import StepOutcome
 from fastdllm_ray.engine.outputs import BlockOutput, GenerationResult
 from fastdllm_ray.engine.page_pool import PagePool
-from fastdllm_ray.engine.runner import ModelRunner, RowOutcome
+from fastdllm_ray.engine.runner import ModelRunner
 from fastdllm_ray.engine.scheduler import QueueFullError, Scheduler
 from fastdllm_ray.engine.sequence import Sequence, Status
 from fastdllm_ray.engine.stats import EngineStats
@@ -90,8 +91,8 @@ class Engine:
         """Prepares the engine before any traffic, so that no request pays for compilation or
         graph capture. On CUDA it captures the graphs of every size bucket (every step of up to
         4096 query tokens, blocks of up to 64 positions: engine/cuda_graphs.py), then decodes a
-        few short requests (batch 1 and > 1, every cache mode, one sampling) to compile the
-        eager paths. Leaves no trace (seats and pages freed, counters reset). Returns seconds."""
+        few short requests (batch 1 and > 1, every kind of step the family runs, one sampling) to
+        compile the eager paths. Leaves no trace (seats and pages freed, counters reset). Returns seconds."""
         if self.has_unfinished():
             raise RuntimeError("warm_up: the engine already has requests")
         start = time.monotonic()
@@ -99,12 +100,10 @@ class Engine:
         mask = self.model.config.mask_token_id
         prompt = [t for t in range(block_length + 1) if t != mask][: max(1, min(block_length, self.max_model_len // 2))]
         block_length = max(1, min(block_length, (self.max_model_len - len(prompt)) // 2))
-        settings = dict(gen_length=2 * block_length, block_length=block_length, steps=4, stop_at_eos=False)
-        rounds = [[("dual", 0.0)], [("dual", 0.0), ("dual", 0.5), ("prefix", 0.0), ("none", 0.0)]]
         generator_state = self.runner.generator.get_state()
-        for requests in rounds:
-            for cache, temperature in requests[: self.config.max_num_seqs]:
-                self.add_request(prompt, GenerationParams(cache=cache, temperature=temperature, **settings))
+        for requests in self.runner.policy.warm_up_rounds(block_length):
+            for params in requests[: self.config.max_num_seqs]:
+                self.add_request(prompt, params)
             while self.has_unfinished():
                 self.step()
         self.runner.generator.set_state(generator_state)
@@ -115,8 +114,9 @@ class Engine:
         """Raises ValueError naming the field when this model cannot run the request."""
         if not isinstance(params, GenerationParams):
             raise ValueError(f"params: {type(params).__name__} is not GenerationParams")
-        self.runner.policy.validate(params)
-        params = self.runner.policy.effective(params)
+        policy = self.runner.policy
+        policy.validate(params)
+        params = policy.effective(params)
         if len(prompt_ids) == 0:
             raise ValueError("prompt: is empty")
         vocab = self.model.config.embedding_size
@@ -124,15 +124,16 @@ class Engine:
             raise ValueError(f"prompt: token ids must be integers in [0, {vocab})")
         if self.model.config.mask_token_id in prompt_ids:
             raise ValueError("prompt: contains the mask token id, which would be generated, not read")
-        total = len(prompt_ids) + params.padded_gen_length
+        total = policy.total_len(len(prompt_ids), params)
+        answer = total - len(prompt_ids)
         if total > self.max_model_len:
             raise ValueError(
-                f"prompt: {len(prompt_ids)} prompt tokens + {params.padded_gen_length} answer tokens "
+                f"prompt: {len(prompt_ids)} prompt tokens + {answer} answer tokens "
                 f"exceed the model's max_sequence_length {self.max_model_len}"
             )
         if self.pool.pages_for(total) > self.pool.num_pages:
             raise ValueError(
-                f"prompt: {len(prompt_ids)} prompt tokens + {params.padded_gen_length} answer tokens need "
+                f"prompt: {len(prompt_ids)} prompt tokens + {answer} answer tokens need "
                 f"{self.pool.pages_for(total)} K/V cache pages of {self.pool.page_size} positions; the cache "
                 f"holds {self.pool.num_pages}"
             )
@@ -144,7 +145,11 @@ class Engine:
         prompt_ids = as_token_ids(prompt_ids)
         self.validate(prompt_ids, params)
         request_id = request_id or f"req-{next(self._ids)}"
-        seq = Sequence(request_id, prompt_ids, self.runner.policy.effective(params), stream_steps=bool(stream_steps))
+        policy = self.runner.policy
+        params = policy.effective(params)
+        seq = Sequence(request_id, prompt_ids, params, total_len=policy.total_len(len(prompt_ids), params),
+                       stream_steps=bool(stream_steps))
+        seq.state = policy.new_state(seq)
         with self._lock:
             if request_id in self._sequences:
                 raise ValueError(f"request_id: {request_id!r} is already running")
@@ -189,7 +194,6 @@ class Engine:
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(batch))
         if not batch:
             return outputs
-        kinds = [seq.kind.value for seq in batch]
         try:
             outcomes, fstats = self.runner.step(batch)
         except Exception as exc:  # a failed forward fails its sequences, not the engine
@@ -197,50 +201,39 @@ class Engine:
                 outputs.extend(self._finish(seq, "error", f"{type(exc).__name__}: {exc}") for seq in batch)
             return outputs
         self.stats.model_forwards += 1
-        self.stats.forwards.update(kinds)
+        self.stats.forwards.update(seq.plan.kind for seq in batch)
         self.stats.rows += fstats.rows
         self.stats.computed_positions += fstats.computed_positions
         self.stats.attended_positions += fstats.attended_positions
         self.stats.graph_captures = self.runner.captures
+        end_ids = frozenset(self.model.end_token_ids)
         for seq, outcome in zip(batch, outcomes):
             self.stats.committed_tokens += outcome.committed
-            block_output = self._advance(seq, outcome)
+            block_output = self._advance(seq, outcome, end_ids)
             if block_output is not None:
                 outputs.append(block_output)
         return outputs
 
-    def _advance(self, seq: Sequence, outcome: RowOutcome) -> BlockOutput | None:
-        self.runner.policy.after_step(seq, outcome.committed)
+    def _advance(self, seq: Sequence, outcome: StepOutcome, end_ids: frozenset[int]) -> BlockOutput | None:
+        policy = self.runner.policy
+        event = step_event(policy, seq, outcome, self.model.config.mask_token_id) if seq.stream_steps else None
+        advance = policy.advance(seq, outcome, end_ids)
         seq.nfe += 1
-        event = None
-        if seq.stream_steps:
-            event = step_event(seq, outcome.block_tokens, outcome.remaining, self.model.config.mask_token_id)
-        seq.step += 1
-        seq.masked = outcome.remaining
-        if outcome.remaining:
-            return None if event is None else BlockOutput(seq.request_id, [], finished=False, step=event)
         now = time.monotonic()
-        seq.block_times.append(now - (seq.block_started or now))
-        seq.block_started = now
-        if seq.first_block_time is None:
+        if advance.block_done:
+            seq.block_times.append(now - (seq.block_started or now))
+            seq.block_started = now
+        if (advance.block_done or advance.finish) and seq.first_block_time is None:
             seq.first_block_time = now
-        params = seq.params
-        tokens = outcome.block_tokens[: max(0, params.gen_length - seq.block * params.block_length)]
-        stop = False
-        if params.stop_at_eos:
-            ends = set(self.model.end_token_ids)
-            for i, token in enumerate(tokens):
-                if token in ends:
-                    tokens, stop = tokens[: i + 1], True
-                    break
-        seq.output_ids.extend(tokens)
-        if stop or seq.is_last_block:
+        seq.output_ids.extend(advance.tokens)
+        if advance.finish is not None:
             with self._lock:
-                final = self._finish(seq, "stop" if stop else "length")
-            final.token_ids, final.step = tokens, event
+                final = self._finish(seq, advance.finish)
+            final.token_ids, final.step = advance.tokens, event
             return final
-        seq.start_next_block()
-        return BlockOutput(seq.request_id, tokens, finished=False, step=event)
+        if advance.tokens or event is not None:
+            return BlockOutput(seq.request_id, advance.tokens, finished=False, step=event)
+        return None
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> BlockOutput:
         """Ends a sequence (caller holds the lock) and frees its slot."""

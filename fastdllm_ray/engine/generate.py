@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 
+from fastdllm_ray.decoding import policy_for
 from fastdllm_ray.engine.engine import Engine, EngineConfig, as_token_ids
 from fastdllm_ray.engine.outputs import GenerationResult
 from fastdllm_ray.model import DiffusionTransformer
@@ -56,7 +57,8 @@ def _engine_for(model: DiffusionTransformer, prompts, per_prompt, max_batch_size
     """The model's engine for generate(), kept on the model between calls (its compiled code,
     CUDA graphs and cache are reused); made anew, larger, only when a call needs more seats or
     a longer context than it has, or when another thread is using it."""
-    longest = min(max(len(p) + q.padded_gen_length for p, q in zip(prompts, per_prompt)),
+    policy = policy_for(model.config.model_type, model.config.mask_token_id)
+    longest = min(max(policy.total_len(len(p), policy.effective(q)) for p, q in zip(prompts, per_prompt)),
                   model.config.max_sequence_length)
     seats = max(1, min(max_batch_size, len(prompts)))
     engine: Engine | None = getattr(model, "_generate_engine", None)

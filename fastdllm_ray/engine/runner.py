@@ -9,20 +9,12 @@ from dataclasses import dataclass
 
 import torch
 
-from fastdllm_ray.decoding import select_transfer
-from fastdllm_ray.decoding.policy import policy_for
+from fastdllm_ray.decoding import StepOutcome, policy_for, select_transfer
 from fastdllm_ray.engine.cuda_graphs import BLOCK_BUCKETS, TOKEN_BUCKETS, StepGraphs, bucket, row_buckets
 from fastdllm_ray.engine.sequence import Sequence
-from fastdllm_ray.engine.step_inputs import (BLOCK_LEN, FIXED, NUM_COLUMNS, Q_LEN, SLOT, TOTAL, PackedStep, block_inputs,
-                                             body_inputs, pack_rows)
+from fastdllm_ray.engine.step_inputs import (BLOCK_LEN, CAUSAL, FIXED, NUM_COLUMNS, Q_LEN, Q_START, SLOT, TOTAL,
+                                             PackedStep, block_inputs, body_inputs, pack_rows)
 from fastdllm_ray.model import DiffusionTransformer, PagedKVCache
-
-
-@dataclass
-class RowOutcome:
-    block_tokens: list[int]  # the block's tokens after this step
-    remaining: int  # masked positions left in the block
-    committed: int  # positions committed by this step
 
 
 @dataclass
@@ -45,14 +37,16 @@ class ModelRunner:
                                   model.dtype, self.device)
         self.page_table = torch.zeros(num_slots, -(-max_model_len // page_size), dtype=torch.int32,
                                       device=self.device)
-        # one extra column: the scratch position that padded block entries read and write
-        self.canvas = torch.full((num_slots, max_model_len + 1), self.mask_id, dtype=torch.long, device=self.device)
+        # two extra columns: position max_model_len (a block-diffusion sequence filling its whole
+        # context still decides the id after it) and the scratch that padded decisions read and write
+        self.canvas = torch.full((num_slots, max_model_len + 2), self.mask_id, dtype=torch.long, device=self.device)
+        self.scratch_col = max_model_len + 1
         self.rows = torch.zeros(num_slots, NUM_COLUMNS, dtype=torch.float64, device=self.device)
         on_cuda = self.device.type == "cuda"
         # the host side of self.rows: pinned, so the one copy per step is asynchronous
         self.rows_host = torch.zeros(num_slots, NUM_COLUMNS, dtype=torch.float64, pin_memory=on_cuda)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.policy = policy_for(cfg.model_type)  # the family's decoding rules
+        self.policy = policy_for(cfg.model_type, self.mask_id)  # the family's decoding rules
         self.confidence_fn = self.policy.confidence_fn
         if compile_blocks and on_cuda:
             model.compile_blocks()
@@ -86,8 +80,9 @@ class ModelRunner:
 
     def _decide(self, hidden: torch.Tensor, n_rows: int, width: int, sampling: bool, random: bool,
                 keep_k: int = 0) -> torch.Tensor:
-        """Decodes one step of each row's block; [rows, width + 2]: block, remaining, committed."""
-        inputs = block_inputs(self.rows[:n_rows], width, self.max_model_len, sampling, random, keep_k)
+        """Decides one step of each row's span; [rows, 2 * width + 2]: the span after the step and
+        before it, the masked positions left in it, the positions committed."""
+        inputs = block_inputs(self.rows[:n_rows], width, self.scratch_col, sampling, random, keep_k)
         logits = self.model.logits(hidden[inputs.hidden_index.reshape(-1)]).view(n_rows, width, -1)
         current = self.canvas[inputs.slots[:, None], inputs.canvas_pos]
         masked = (current == self.mask_id) & inputs.in_block
@@ -96,7 +91,7 @@ class ModelRunner:
         updated = torch.where(chosen, x0, current)
         self.canvas[inputs.slots[:, None], inputs.canvas_pos] = updated
         remaining = (masked & ~chosen).sum(dim=1, keepdim=True)
-        return torch.cat([updated, remaining, chosen.sum(dim=1, keepdim=True)], dim=1)
+        return torch.cat([updated, current, remaining, chosen.sum(dim=1, keepdim=True)], dim=1)
 
     # ---- a step ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -107,7 +102,9 @@ class ModelRunner:
         self.rows.copy_(self.rows_host, non_blocking=True)  # the host buffer is rewritten after this step's sync
         result = self._run(packed)
         rows = result[: packed.n_rows].tolist()  # the one host sync
-        outcomes = [RowOutcome(row[: s.block_length], row[-2], row[-1]) for s, row in zip(seqs, rows)]
+        width = (result.shape[1] - 2) // 2
+        outcomes = [StepOutcome(row[: s.plan.decide_len], row[width: width + s.plan.decide_len], row[-2], row[-1])
+                    for s, row in zip(seqs, rows)]
         return outcomes, ForwardStats(len(seqs), packed.n_tokens, packed.attended)
 
     def _run(self, packed: PackedStep) -> torch.Tensor:
@@ -125,14 +122,16 @@ class ModelRunner:
         n_rows = bucket(packed.n_rows, row_buckets(self.num_slots))
         return self.graphs(("decide", n_rows, width), lambda: self._decide(self.hidden, n_rows, width, False, False))
 
-    def _host_lengths(self, packed: PackedStep) -> tuple[list[int], list[int]] | None:
-        """cu_q and kv_len as lists for the CPU attention path (saves device->host reads)."""
+    def _host_lengths(self, packed: PackedStep) -> tuple[list[int], ...] | None:
+        """cu_q, kv_len, q_start and causal as lists for the CPU attention path (saves
+        device->host reads)."""
         if self.device.type == "cuda":
             return None
         cu = [0]
         for n in packed.rows[:, Q_LEN].long().tolist():
             cu.append(cu[-1] + n)
-        return cu, packed.rows[:, TOTAL].long().tolist()
+        q_start, kv_len, causal = (packed.rows[:, c].long().tolist() for c in (Q_START, TOTAL, CAUSAL))
+        return cu, kv_len, q_start, causal
 
     # ---- warm-up ----------------------------------------------------------------------------
     @torch.inference_mode()

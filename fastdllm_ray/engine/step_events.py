@@ -1,28 +1,22 @@
 """Step events: which answer positions one forward committed, for clients that draw the
-answer appearing out of masks. Computed only for sequences that asked (`stream_steps`), by
-comparing the block as the previous step left it with the block after this one."""
+answer appearing out of masks. Computed only for sequences that asked (`stream_steps`), from
+the decided span as it was before the step and after it."""
 
 from __future__ import annotations
 
+from fastdllm_ray.decoding.policy import DecodingPolicy, StepOutcome
 from fastdllm_ray.engine.outputs import StepEvent
 from fastdllm_ray.engine.sequence import Sequence
 
 
-def step_event(seq: Sequence, block_tokens: list[int], remaining: int, mask_id: int) -> StepEvent:
-    """The commits of the step that just ran on `seq` (call before `seq.step` moves on).
-
-    A block starts fully masked, so its first step compares against masks. Positions past
-    the requested answer length (a padded last block) are decoded but never shown, so they
-    are left out.
-    """
-    before = seq.step_block if seq.step > 0 else None
-    start = seq.block * seq.block_length
-    visible = max(0, seq.params.gen_length - start)
+def step_event(policy: DecodingPolicy, seq: Sequence, outcome: StepOutcome, mask_id: int) -> StepEvent:
+    """The commits of the step that just ran on `seq` (call before the policy advances it).
+    Positions never returned (the padded end of a last block) are left out."""
+    offset, visible = policy.answer_offset(seq, seq.plan), policy.visible_answer(seq)
     positions: list[int] = []
     token_ids: list[int] = []
-    for i, token in enumerate(block_tokens[:visible]):
-        if token != mask_id and (before is None or before[i] == mask_id):
-            positions.append(start + i)
-            token_ids.append(token)
-    seq.step_block = block_tokens
-    return StepEvent(seq.block, seq.step + 1, positions, token_ids, remaining)
+    for i, (old, new) in enumerate(zip(outcome.before, outcome.tokens)):
+        if old == mask_id and new != mask_id and 0 <= offset + i < visible:
+            positions.append(offset + i)
+            token_ids.append(new)
+    return StepEvent(seq.state.block, seq.state.step + 1, positions, token_ids, policy.block_remaining(seq, outcome))

@@ -17,25 +17,16 @@ import torch.nn.functional as F
 
 from fastdllm_ray.decoding import StepRules
 from fastdllm_ray.decoding.policy import DecodingPolicy
-from fastdllm_ray.engine.sequence import ForwardKind, Sequence
+from fastdllm_ray.engine.sequence import Sequence
 from fastdllm_ray.model import PagedForward, PagedKVCache
 from fastdllm_ray.model.paged_attention import TILE_M, PagedBatch, query_tiles
 
-# columns of the per-row float64 input (exact for integers below 2**53); a zero row is padding
-# (RULE .. TOP_K: the family's StepColumns, decoding/policy.py)
-(Q_START, Q_LEN, BLOCK_START, BLOCK_LEN, TOTAL, SLOT, RULE, FIXED, RANDOM, THRESHOLD, FACTOR,
- TEMP, ALG, SHIFT, FIRST_ONLY, TOP_P, TOP_K) = range(17)
-NUM_COLUMNS = 17
-
-
-def query_span(seq: Sequence) -> tuple[int, int]:
-    """Positions [start, end) whose tokens this step computes: the whole sequence for a full
-    forward, the block and everything after it for a prefix step, the block for a dual step."""
-    if seq.kind is ForwardKind.FULL:
-        return 0, seq.total_len
-    if seq.kind is ForwardKind.PREFIX:
-        return seq.block_start, seq.total_len
-    return seq.block_start, seq.block_start + seq.block_length
+# columns of the per-row float64 input (exact for integers below 2**53); a zero row is padding.
+# Q_START .. CAUSAL: the row's RowPlan (its queries, their keys, the positions it decides);
+# RULE .. TOP_K: the family's StepColumns (decoding/policy.py)
+(Q_START, Q_LEN, BLOCK_START, BLOCK_LEN, TOTAL, SLOT, CAUSAL, RULE, FIXED, RANDOM, THRESHOLD, FACTOR,
+ TEMP, ALG, SHIFT, FIRST_ONLY, TOP_P, TOP_K) = range(18)
+NUM_COLUMNS = 18
 
 
 @dataclass
@@ -43,7 +34,7 @@ class PackedStep:
     rows: torch.Tensor  # [num_rows, NUM_COLUMNS] float64: the buffer pack_rows filled
     n_rows: int  # real rows (the rest is padding)
     n_tokens: int  # packed query tokens
-    max_block: int  # longest block of the step
+    max_block: int  # widest decided span of the step (at least 1)
     sampling: bool  # some row has temperature > 0 (its draws stay outside CUDA graphs)
     random: bool  # some row remasks at random
     attended: int  # key positions attended, over all rows
@@ -51,22 +42,26 @@ class PackedStep:
 
 
 def pack_rows(seqs: list[Sequence], rows: torch.Tensor, policy: DecodingPolicy) -> PackedStep:
-    """Fills `rows` (host memory, [seats, NUM_COLUMNS]) with one row per sequence, zeros after."""
+    """Fills `rows` (host memory, [seats, NUM_COLUMNS]) with one row per sequence, zeros after;
+    each sequence keeps its RowPlan (`seq.plan`) for reading the step's outcome."""
     # narrowed rows still see the family's default candidates: a cut never leaves too few to choose from
-    values, n_tokens, narrowed, widest = [], 0, False, policy.default_top_k
+    values, n_tokens, attended, narrowed, widest = [], 0, 0, False, policy.default_top_k
     for s in seqs:
-        start, end = query_span(s)
-        columns = policy.columns(s)
-        values.append((start, end - start, s.block_start, s.block_length, s.total_len, s.slot) + columns)
-        n_tokens += end - start
-        narrowed |= columns.top_p < 1.0 or columns.top_k != policy.default_top_k
-        widest = max(widest, columns.top_k)
+        plan = s.plan = policy.plan(s)
+        columns = plan.columns
+        values.append((plan.q_start, plan.q_len, plan.decide_start, plan.decide_len, plan.kv_len, s.slot,
+                       plan.causal_block) + columns)
+        n_tokens += plan.q_len
+        attended += plan.kv_len
+        if policy.default_top_k:  # a family that decides over candidate lists (Dream)
+            narrowed |= columns.top_p < 1.0 or columns.top_k != policy.default_top_k
+            widest = max(widest, columns.top_k)
     rows.zero_()
     if values:
         rows[: len(values)] = torch.tensor(values, dtype=torch.float64)
-    return PackedStep(rows, len(seqs), n_tokens, max(s.block_length for s in seqs),
-                      any(s.params.temperature > 0 for s in seqs), any(s.params.remasking == "random" for s in seqs),
-                      sum(s.total_len for s in seqs), widest if narrowed else 0)
+    return PackedStep(rows, len(seqs), n_tokens, max(1, max(s.plan.decide_len for s in seqs)),
+                      any(s.params.temperature > 0 for s in seqs), any(s.plan.columns.random for s in seqs),
+                      attended, widest if narrowed else 0)
 
 
 def _columns(rows: torch.Tensor, *names: int) -> list[torch.Tensor]:
@@ -77,7 +72,7 @@ def body_inputs(rows: torch.Tensor, n_tokens: int, canvas: torch.Tensor, page_ta
                 cache: PagedKVCache, host: tuple[list[int], list[int]] | None = None):
     """tokens [n_tokens], positions [n_tokens] and the PagedForward of a step. Tokens past the
     rows' queries are padding: they read any token, write the scratch page, attend nowhere."""
-    q_start, q_len, total, slot = _columns(rows, Q_START, Q_LEN, TOTAL, SLOT)
+    q_start, q_len, total, slot, causal = _columns(rows, Q_START, Q_LEN, TOTAL, SLOT, CAUSAL)
     device = rows.device
     cu_q = F.pad(torch.cumsum(q_len, 0), (1, 0)).int()
     t = torch.arange(n_tokens, device=device)
@@ -89,7 +84,7 @@ def body_inputs(rows: torch.Tensor, n_tokens: int, canvas: torch.Tensor, page_ta
     ps = cache.page_size
     write_rows = torch.where(valid, pages[row, positions // ps].long() * ps + positions % ps, cache.scratch_row)
     tile_row, tile_start = query_tiles(cu_q, -(-n_tokens // TILE_M) + rows.shape[0])
-    batch = PagedBatch(cu_q, total.int(), pages, ps, tile_row, tile_start, host)
+    batch = PagedBatch(cu_q, total.int(), pages, ps, tile_row, tile_start, host, q_start.int(), causal.int())
     return tokens, positions, PagedForward(cache, write_rows, batch)
 
 

@@ -54,7 +54,8 @@ class Decoding:
                 steps = min(steps, padded)
         return GenerationParams(steps=steps, gen_length=gen_length, block_length=self.block_length,
                                 threshold=self.threshold, factor=self.factor, temperature=self.temperature,
-                                remasking=self.remasking, cache=self.cache)
+                                remasking=None if self.remasking == "low_confidence" else self.remasking,
+                                cache=self.cache)
 
 
 def _positive_int(value) -> bool:

@@ -5,7 +5,10 @@ refresh brings its whole sequence, a dual step its block, a prefix step its bloc
 everything after it. Row r owns the packed queries [cu_q[r], cu_q[r + 1]) and attends,
 bidirectionally, to the first kv_len[r] positions of its sequence, whose keys and values
 sit in the pool pages page_table[r, 0], page_table[r, 1], ... (position p in page
-p // page_size, at offset p % page_size). Each row reads only its own keys.
+p // page_size, at offset p % page_size). Each row reads only its own keys. A row with a
+causal block size c > 0 is block-causal (a block-diffusion model's prefill): its query at
+position p (its queries sit at q_start[r], q_start[r] + 1, ...) sees only the keys before the
+end of p's block, min(kv_len[r], (p // c + 1) * c).
 
 `paged_attention` runs a Triton kernel on CUDA (queries tiled per row; the tile table is
 built on the device, so a CUDA graph of a whole forward stays valid whatever the lengths);
@@ -34,7 +37,9 @@ class PagedBatch:
 
     cu_q [R + 1]: packed query offsets; kv_len [R]: keys per row; page_table [R, max_pages];
     tile_row / tile_start [T]: for the kernel, each query tile's row (-1: no work) and first
-    packed query. `host` holds (cu_q, kv_len) as lists where the caller has them (CPU path).
+    packed query; q_start [R]: each row's first query position, causal [R]: its causal block
+    size (0: it sees all kv_len keys; None: no row is causal). `host` holds (cu_q, kv_len) or
+    (cu_q, kv_len, q_start, causal) as lists where the caller has them (CPU path).
     """
 
     cu_q: torch.Tensor
@@ -43,7 +48,9 @@ class PagedBatch:
     page_size: int
     tile_row: torch.Tensor | None = None
     tile_start: torch.Tensor | None = None
-    host: tuple[list[int], list[int]] | None = None
+    host: tuple[list[int], ...] | None = None
+    q_start: torch.Tensor | None = None
+    causal: torch.Tensor | None = None
 
 
 def query_tiles(cu_q: torch.Tensor, num_tiles: int, tile_m: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +87,10 @@ def gather_keys(pool: torch.Tensor, pages: torch.Tensor, length: int) -> torch.T
 def paged_attention_sdpa(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, batch: PagedBatch,
                          scale: float | None = None) -> torch.Tensor:
     """Reference path: each row's keys gathered from its pages, then SDPA, one row at a time."""
-    cu_q, kv_len = batch.host if batch.host is not None else (batch.cu_q.tolist(), batch.kv_len.tolist())
+    cu_q, kv_len, *causal_rows = batch.host or (batch.cu_q.tolist(), batch.kv_len.tolist())
+    if not causal_rows and batch.causal is not None:
+        causal_rows = [batch.q_start.tolist(), batch.causal.tolist()]
+    q_start, causal = causal_rows or ([0] * len(kv_len), [0] * len(kv_len))
     out = torch.zeros_like(q)
     n_heads, n_kv = q.shape[1], k_pool.shape[2]
     for r, length in enumerate(kv_len):
@@ -92,15 +102,26 @@ def paged_attention_sdpa(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Te
         if n_kv != n_heads:
             keys = keys.repeat_interleave(n_heads // n_kv, dim=0)
             values = values.repeat_interleave(n_heads // n_kv, dim=0)
-        attn = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1)[None], keys[None], values[None], scale=scale)
+        mask = None
+        if causal[r]:
+            mask = block_causal_mask(q_start[r], hi - lo, length, causal[r], q.device)
+        attn = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1)[None], keys[None], values[None],
+                                              attn_mask=mask, scale=scale)
         out[lo:hi] = attn[0].transpose(0, 1)
     return out
+
+
+def block_causal_mask(q_start: int, n_queries: int, n_keys: int, block: int, device=None) -> torch.Tensor:
+    """Bool [n_queries, n_keys]: the query at position q_start + i sees key k when k lies in its
+    block of size `block` or an earlier one."""
+    positions = torch.arange(q_start, q_start + n_queries, device=device)
+    return torch.arange(n_keys, device=device)[None, :] < ((positions // block + 1) * block)[:, None]
 
 
 if triton is not None:
 
     @triton.jit
-    def _paged_attention_kernel(Q, K, V, O, LSE, cu_q, kv_len, page_table, tile_row, tile_start,
+    def _paged_attention_kernel(Q, K, V, O, LSE, cu_q, kv_len, page_table, tile_row, tile_start, q_start, causal,
                                 stride_qn, stride_qh, stride_kp, stride_ks, stride_kh, stride_pt,
                                 stride_os, stride_on, stride_oh, stride_ls, stride_ln, scale_log2,
                                 GROUP: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -118,13 +139,18 @@ if triton is not None:
         q_first = tl.load(tile_start + tile)
         q_end = tl.load(cu_q + row + 1)
         n_keys = tl.load(kv_len + row)
-        per_split = tl.cdiv(tl.cdiv(n_keys, BLOCK_N), SPLITS) * BLOCK_N
-        lo = split * per_split
-        hi = tl.minimum(lo + per_split, n_keys)
         kv_head = head // GROUP
         offs_m = q_first + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
         m_ok = offs_m < q_end
+        # each query's key limit: all n_keys, or (block-causal rows) the end of its own block
+        block = tl.load(causal + row)
+        position = tl.load(q_start + row) + offs_m - tl.load(cu_q + row)
+        limit = tl.where(block > 0, tl.minimum((position // tl.maximum(block, 1) + 1) * block, n_keys), n_keys)
+        tile_keys = tl.max(tl.where(m_ok, limit, 0), 0)
+        per_split = tl.cdiv(tl.cdiv(n_keys, BLOCK_N), SPLITS) * BLOCK_N
+        lo = split * per_split
+        hi = tl.minimum(lo + per_split, tile_keys)
         q = tl.load(Q + offs_m.to(tl.int64)[:, None] * stride_qn + head * stride_qh + offs_d[None, :],
                     mask=m_ok[:, None], other=0.0)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -141,10 +167,12 @@ if triton is not None:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(k))
-            s = tl.where(n_ok[None, :], s * scale_log2, float("-inf"))
+            s = tl.where(n_ok[None, :] & (start + offs_n[None, :] < limit[:, None]), s * scale_log2, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.math.exp2(m_i - m_new)
-            p = tl.math.exp2(s - m_new[:, None])
+            # a query whose keys all lie past its limit so far keeps m = -inf: subtract 0 instead
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.math.exp2(m_i - m_safe)
+            p = tl.math.exp2(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(V + kv_off + offs_d[None, :], mask=n_ok[:, None], other=0.0)
             if IEEE:
@@ -207,8 +235,11 @@ def _paged_attention_triton(q, k_pool, v_pool, batch: PagedBatch, scale):
         lse = torch.empty(splits, n, n_heads, dtype=torch.float32, device=q.device)
     else:
         o_part, lse = out[None], out  # written in place; lse unused
+    q_start = batch.q_start if batch.q_start is not None else batch.kv_len
+    causal = batch.causal if batch.causal is not None else torch.zeros_like(batch.kv_len)
     _paged_attention_kernel[(tiles, n_heads, splits)](
         q, k_pool, v_pool, o_part, lse, batch.cu_q, batch.kv_len, batch.page_table, batch.tile_row, batch.tile_start,
+        q_start, causal,
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), k_pool.stride(2), batch.page_table.stride(0),
         o_part.stride(0), o_part.stride(1), o_part.stride(2), lse.stride(0), lse.stride(1), scale * 1.4426950408889634,
         GROUP=n_heads // n_kv, PAGE=page_size, BLOCK_M=TILE_M, BLOCK_N=min(page_size, 64), HEAD_DIM=head_dim,

@@ -145,7 +145,7 @@ def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model
             # more steps than answer tokens would only run forwards that commit nothing
             steps=min(req.steps, padded), gen_length=max_tokens, block_length=req.block_length,
             threshold=req.threshold, factor=req.factor, temperature=req.temperature,
-            remasking=req.remasking, cache=cache, alg=req.alg, top_p=req.top_p, top_k=req.top_k,
+            remasking=None if req.remasking == "low_confidence" else req.remasking, cache=cache, alg=req.alg, top_p=req.top_p, top_k=req.top_k,
         )
     except ValueError as exc:
         field = str(exc).split(":", 1)[0].split(" ")[0]

@@ -72,7 +72,7 @@ def test_one_params_per_prompt_or_one_for_all(ref_model):
 def test_gen_length_not_a_multiple_of_block_length_is_rounded_up_then_cut(ref_model, reference, cache):
     prompt = reference["cases"][0]["prompt"]
     ragged = GenerationParams(steps=12, gen_length=21, block_length=8, cache=cache, stop_at_eos=False)
-    assert ragged.padded_gen_length == 24 and ragged.steps_per_block == 4
+    assert ragged.padded_gen_length == 24 and ragged.block_steps == 4
     result = generate(ref_model, [prompt], ragged)[0]
     whole = generate(ref_model, [prompt], ragged.with_changes(gen_length=24))[0]
     assert len(result.token_ids) == 21
