@@ -88,8 +88,8 @@ class GenerationParams:
                 raise ValueError(f"sub_block_length: {self.sub_block_length} does not divide block_length "
                                  f"{self.block_length}")
         _check_bool("block_cache", self.block_cache, optional=True)
-        if self.block_steps is not None:
-            _check_int("steps_per_block", self.block_steps, minimum=1)
+        if self.steps_per_block is not None:
+            _check_int("steps_per_block", self.steps_per_block, minimum=1)
         _check_bool("stop_at_eos", self.stop_at_eos)
 
     @property

@@ -64,3 +64,19 @@ def dream_model(_dream_model_session, monkeypatch):
     return _dream_model_session
 
 TINY_DREAM = Path(__file__).parent / "fixtures" / "tiny-dream"  # random weights, Dream's tokenizer shape
+
+V2_REFDATA = Path(__file__).parent / "fixtures" / "refdata-v2"
+V2_CHECKPOINT = V2_REFDATA / "checkpoint"
+
+
+@pytest.fixture(scope="session")
+def v2_reference() -> dict:
+    return json.loads((V2_REFDATA / "reference.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def v2_model():
+    """The Fast-dLLM v2 refdata checkpoint (float32, CPU); its stop id 201 is its end token."""
+    from fastdllm_ray import load_model
+
+    return load_model(V2_CHECKPOINT)

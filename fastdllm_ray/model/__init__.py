@@ -1,4 +1,11 @@
-"""Model layer: the LLaDA and Dream networks, their configs, K/V cache and checkpoint I/O (pure torch)."""
+"""Model layer: the networks of each model family, their configs, K/V cache and checkpoint I/O (pure torch).
+
+Every module of this package is imported here, so each family's network registers itself by
+subclassing DiffusionTransformer (model/transformer.py names none): a new family is a new module.
+"""
+
+import importlib
+import pkgutil
 
 from fastdllm_ray.model.checkpoint import load_model, load_tokenizer, save_checkpoint
 from fastdllm_ray.model.config import LLaDAConfig
@@ -10,3 +17,6 @@ from fastdllm_ray.model.transformer import DiffusionTransformer
 from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME, default_model_path
 
 __all__ = ["DEFAULT_MODEL_NAME", "DiffusionTransformer", "DreamConfig", "DreamModel", "default_model_path", "PagedForward", "PagedKVCache", "LLaDAConfig", "LLaDAModel", "load_model", "load_tokenizer", "save_checkpoint"]
+
+for _module in pkgutil.iter_modules(__path__):  # the families register as they are imported
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -12,14 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from fastdllm_ray.model.config import LLaDAConfig
-from fastdllm_ray.model.dream import DreamModel
-from fastdllm_ray.model.dream_config import DreamConfig
-from fastdllm_ray.model.llada import LLaDAModel
-from fastdllm_ray.model.transformer import DiffusionTransformer
+from fastdllm_ray.model.transformer import DiffusionTransformer, network_for
 
-# config.json model_type -> (config, network)
-FAMILIES = {"llada": (LLaDAConfig, LLaDAModel), "Dream": (DreamConfig, DreamModel)}
 _HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.json", "*.model", "*.txt"]
 
 
@@ -92,7 +86,7 @@ def load_state_dict(directory: Path, expected: dict[str, torch.Tensor], prefix: 
     return found
 
 
-def load_config(path_or_id: str | Path) -> LLaDAConfig | DreamConfig:
+def load_config(path_or_id: str | Path):
     """A checkpoint's network config, of the family its config.json's model_type names, as
     `load_model` builds it (end tokens of generation_config.json included). Serving reads a
     model's limits from it (max_sequence_length, embedding_size, mask_token_id) without
@@ -103,10 +97,15 @@ def load_config(path_or_id: str | Path) -> LLaDAConfig | DreamConfig:
         raise FileNotFoundError(f"model: {directory} has no config.json")
     raw = json.loads(config_path.read_text())
     raw["end_token_ids"] = list(raw.get("end_token_ids") or []) + list(_end_tokens_from_generation_config(directory))
-    family = FAMILIES.get(raw.get("model_type"))
-    if family is None:
-        raise ValueError(f"config.json model_type: {raw.get('model_type')!r} is not one of {sorted(FAMILIES)}")
-    return family[0].from_dict(raw)
+    config_class = network_for(raw.get("model_type")).config_class
+    mask_text = getattr(config_class, "mask_token_text", None)
+    if raw.get("mask_token_id") is None and mask_text is not None:  # a family whose config may not say it
+        mask_id = added_tokens(directory).get(mask_text)
+        if mask_id is None:
+            raise ValueError(f"config.json mask_token_id: missing, and the tokenizer files of {directory} have "
+                             f"no {mask_text!r} token")
+        raw["mask_token_id"] = mask_id
+    return config_class.from_dict(raw)
 
 
 def load_model(
@@ -114,14 +113,14 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
 ) -> DiffusionTransformer:
-    """Loads a LLaDA or Dream checkpoint (local directory or hub id; config.json's model_type
-    says which) into our network, in eval mode.
+    """Loads a checkpoint (local directory or hub id; config.json's model_type says which
+    family's network) into our network, in eval mode.
 
     dtype defaults to float32 on the CPU and bfloat16 elsewhere.
     """
     directory = resolve_checkpoint(path_or_id)
     config = load_config(directory)
-    model_class = FAMILIES[config.model_type][1]
+    model_class = network_for(config.model_type)
     device = torch.device(device)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
@@ -136,17 +135,23 @@ def load_model(
     return model
 
 
-def _tokenizer_end_ids(directory: Path) -> tuple[int, ...]:
-    """LLaDA's chat turns end with <|eot_id|>, Dream's with <|im_end|>; documents with <|endoftext|>.
-    The added tokens are listed in tokenizer.json (a fast tokenizer) or, where a checkpoint
-    ships only vocab.json + merges.txt (Dream's), in tokenizer_config.json."""
+def added_tokens(directory: Path) -> dict[str, int]:
+    """The tokenizer's added (special) tokens by text: from tokenizer.json (a fast tokenizer) or,
+    where a checkpoint ships only vocab.json + merges.txt (Dream's), tokenizer_config.json."""
     added: dict[str, int] = {}
-    tok, tok_config = directory / "tokenizer.json", directory / "tokenizer_config.json"
+    tok, tok_config = Path(directory) / "tokenizer.json", Path(directory) / "tokenizer_config.json"
     if tok_config.exists():
         decoder = json.loads(tok_config.read_text()).get("added_tokens_decoder", {})
         added.update({t.get("content"): int(i) for i, t in decoder.items()})
     if tok.exists():
         added.update({t.get("content"): t["id"] for t in json.loads(tok.read_text()).get("added_tokens", [])})
+    return added
+
+
+def _tokenizer_end_ids(directory: Path) -> tuple[int, ...]:
+    """LLaDA's chat turns end with <|eot_id|>, Dream's and Fast-dLLM v2's with <|im_end|>;
+    documents with <|endoftext|>."""
+    added = added_tokens(directory)
     wanted = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<|end_of_text|>", "<|eos|>")
     return tuple(sorted({added[w] for w in wanted if w in added}))
 

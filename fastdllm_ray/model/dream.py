@@ -70,6 +70,7 @@ class _Body(nn.Module):
 
 
 class DreamModel(DiffusionTransformer):
+    config_class = DreamConfig
     checkpoint_prefix = ""  # the checkpoint's names are ours: model.layers.N..., lm_head
 
     def __init__(self, cfg: DreamConfig) -> None:

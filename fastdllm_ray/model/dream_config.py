@@ -48,8 +48,13 @@ class DreamConfig(SharedConfig):
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "DreamConfig":
-        if raw.get("model_type") != MODEL_TYPE:
-            raise ValueError(f"config.json model_type: {raw.get('model_type')!r} is not {MODEL_TYPE!r}")
+        return cls(**cls.qwen2_fields(raw))
+
+    @classmethod
+    def qwen2_fields(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """Our fields from a Qwen2-style config.json (Dream's, and families built on Qwen2.5)."""
+        if raw.get("model_type") != cls.model_type:
+            raise ValueError(f"config.json model_type: {raw.get('model_type')!r} is not {cls.model_type!r}")
         for name, wanted in _REQUIRED_VALUES.items():
             if raw.get(name, wanted) != wanted:
                 raise ValueError(f"config.json {name}: {raw[name]!r} is not supported (only {wanted!r})")
@@ -63,7 +68,7 @@ class DreamConfig(SharedConfig):
             raise ValueError(
                 f"config.json num_attention_heads/num_key_value_heads: {n_heads}/{n_kv_heads} do not divide "
                 f"hidden_size {raw['hidden_size']} and each other")
-        return cls(
+        return dict(
             d_model=raw["hidden_size"],
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
@@ -81,12 +86,14 @@ class DreamConfig(SharedConfig):
             extra_end_token_ids=tuple(raw.get("end_token_ids") or ()),
         )
 
+    architectures: ClassVar[tuple[str, ...]] = ("DreamModel",)
+
     def to_dict(self) -> dict[str, Any]:
         """A config.json in the real checkpoint's format."""
         out: dict[str, Any] = dict(_REQUIRED_VALUES)
         out.update(
-            model_type=MODEL_TYPE,
-            architectures=["DreamModel"],
+            model_type=self.model_type,
+            architectures=list(self.architectures),
             hidden_size=self.d_model,
             num_attention_heads=self.n_heads,
             num_key_value_heads=self.n_kv_heads,

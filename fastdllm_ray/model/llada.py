@@ -49,6 +49,7 @@ class LLaDABlock(TransformerBlock):
 
 
 class LLaDAModel(DiffusionTransformer):
+    config_class = LLaDAConfig
     checkpoint_prefix = "model."  # the real checkpoint's names: model.transformer.blocks.N...
 
     def __init__(self, cfg: LLaDAConfig) -> None:

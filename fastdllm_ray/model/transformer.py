@@ -192,9 +192,19 @@ class TransformerBlock(nn.Module):
 class DiffusionTransformer(nn.Module):
     """The network around the blocks. A subclass builds its modules under its checkpoint's
     names and provides `embedding`, `blocks`, `final_norm` and `head`; `checkpoint_prefix` is
-    what its checkpoint puts before our parameter names."""
+    what its checkpoint puts before our parameter names. A subclass with a `config_class`
+    registers as the network of that config's `model_type` (`network_for`): a model family
+    is a module that subclasses this, nothing here names one."""
 
     checkpoint_prefix = ""
+    config_class: type | None = None  # its config (with `model_type` and `from_dict`)
+    _registry: dict[str, type["DiffusionTransformer"]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        config_class = cls.__dict__.get("config_class")
+        if config_class is not None:
+            DiffusionTransformer._registry[config_class.model_type] = cls
 
     @property
     def embedding(self) -> nn.Embedding:
@@ -245,20 +255,33 @@ class DiffusionTransformer(nn.Module):
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                logits_index: torch.Tensor | None = None) -> torch.Tensor:
+                logits_index: torch.Tensor | None = None, causal_block: int | None = None) -> torch.Tensor:
         """Logits [B, T or n, V] for tokens [B, T] at positions [B, T] (-1 = padding): a plain
-        forward with no cache, each row's tokens attending to each other."""
+        forward with no cache, each row's tokens attending to each other; with `causal_block`
+        (default: the config's, 0 for a bidirectional family) a token sees only the tokens of its
+        own block of that size and of earlier blocks."""
+        return self.logits(self.final_hidden(tokens, positions, logits_index, causal_block))
+
+    def final_hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                     logits_index: torch.Tensor | None = None, causal_block: int | None = None) -> torch.Tensor:
+        """`forward`'s hidden states before the final norm and head (training computes its own loss)."""
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device).expand(B, T)
+        if causal_block is None:
+            causal_block = getattr(self.config, "causal_block", 0)
         key_mask = (positions >= 0)[:, None, None, :] if bool((positions < 0).any()) else None
+        if causal_block:
+            block = positions.clamp(min=0) // causal_block
+            causal = (block[:, None, :, None] >= block[:, None, None, :])
+            key_mask = causal if key_mask is None else causal & key_mask
         sin, cos = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
         x = self.embedding(tokens)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, sin, cos, layer, key_mask=key_mask)
+        for layer, block_module in enumerate(self.blocks):
+            x = block_module(x, sin, cos, layer, key_mask=key_mask)
         if logits_index is not None:
             x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
-        return self.logits(x)
+        return x
 
     @torch.inference_mode()
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, paged: PagedForward) -> torch.Tensor:
@@ -269,3 +292,11 @@ class DiffusionTransformer(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, sin, cos, layer, paged=paged)
         return x[0]
+
+
+def network_for(model_type: str) -> type[DiffusionTransformer]:
+    """The network class of a checkpoint's config.json model_type."""
+    network = DiffusionTransformer._registry.get(model_type)
+    if network is None:
+        raise ValueError(f"config.json model_type: {model_type!r} is not one of {sorted(DiffusionTransformer._registry)}")
+    return network
