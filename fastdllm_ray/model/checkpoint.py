@@ -131,7 +131,7 @@ def load_model(
     model.load_state_dict(state, assign=True)
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
-    model.end_token_ids = config.end_token_ids + _tokenizer_end_ids(directory)
+    model.end_token_ids = tuple(dict.fromkeys(config.end_token_ids + _tokenizer_end_ids(directory)))
     return model
 
 
