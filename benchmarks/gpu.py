@@ -1,12 +1,17 @@
-"""GPU benchmark on an LLaDA-8B- or Dream-7B-shaped model with random bf16 weights (run through
-the device tool; `--shape dream-7b` for Dream: grouped K/V heads, q/k/v biases, shifted logits).
+"""GPU benchmark on an LLaDA-8B-, Dream-7B- or Fast-dLLM-v2-7B-shaped model with random bf16
+weights (run through the device tool; `--shape dream-7b` for Dream: grouped K/V heads, q/k/v
+biases, shifted logits; `--shape fast-dllm-v2-7b` for the block-diffusion Fast-dLLM v2: the same
+Qwen2.5-7B shape, causal between blocks).
 
-Measures, for cache none/prefix/dual with the fixed one-token-per-step schedule: tokens/s,
-ms per forward (refresh = full forward, block step separately), NFE and peak memory, and the
-floor of each forward from the bandwidth and bf16 matmul rate measured in the same run.
+Measures, for cache none/prefix/dual (v2: `block`, or `blockcache` for its block cache) with one
+token committed per step: tokens/s, ms per forward (refresh = full forward or v2's prefill, block
+step separately), NFE and peak memory, and the floor of each forward from the bandwidth and bf16
+matmul rate measured in the same run. `--decode-vs-block N`: a block step (32 queries) against
+a one-token decode step of the same network over the same N kept positions, at batch 1.
 
     PYTHONPATH=. python3 benchmarks/gpu.py --out BENCHMARKS.md --plot benchmarks/gpu_throughput.png
     PYTHONPATH=. python3 benchmarks/gpu.py --shape dream-7b
+    PYTHONPATH=. python3 benchmarks/gpu.py --shape fast-dllm-v2-7b --configs block:1:128:256,block:32:128:256 --decode-vs-block 1024
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from pathlib import Path
 import torch
 
 from fastdllm_ray import Engine, EngineConfig, GenerationParams
-from fastdllm_ray.model import DiffusionTransformer, DreamConfig, DreamModel, LLaDAConfig, LLaDAModel
+from fastdllm_ray.model import DiffusionTransformer, DreamConfig, DreamModel, LLaDAConfig, LLaDAModel, PagedForward
+from fastdllm_ray.model import PagedKVCache
+from fastdllm_ray.model.fast_dllm_v2 import FastDLLMV2Config, FastDLLMV2Model
+from fastdllm_ray.model.paged_attention import PagedBatch, query_tiles
 
 LLADA_8B = LLaDAConfig(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288,
                        vocab_size=126464, embedding_size=126464, max_sequence_length=4096,
@@ -29,9 +37,25 @@ LLADA_8B = LLaDAConfig(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp
 DREAM_7B = DreamConfig(d_model=3584, n_heads=28, n_kv_heads=4, n_layers=28, mlp_hidden_size=18944,
                        vocab_size=152064, max_sequence_length=4096, mask_token_id=151666, eos_token_id=151643,
                        rope_theta=1000000.0)
-SHAPES = {"llada-8b": ("LLaDA-8B", LLADA_8B, LLaDAModel), "dream-7b": ("Dream-7B", DREAM_7B, DreamModel)}
+# Efficient-Large-Model/Fast_dLLM_v2_7B: Qwen2.5-7B-Instruct's shape, |<MASK>| = 151665
+FAST_DLLM_V2_7B = FastDLLMV2Config(d_model=3584, n_heads=28, n_kv_heads=4, n_layers=28, mlp_hidden_size=18944,
+                                   vocab_size=152064, max_sequence_length=4096, mask_token_id=151665,
+                                   eos_token_id=151645, rope_theta=1000000.0, bd_size=32)
+SHAPES = {"llada-8b": ("LLaDA-8B", LLADA_8B, LLaDAModel), "dream-7b": ("Dream-7B", DREAM_7B, DreamModel),
+          "fast-dllm-v2-7b": ("Fast-dLLM-v2-7B", FAST_DLLM_V2_7B, FastDLLMV2Model)}
 DEFAULT_AGREEMENT = {"llada-8b": "tests/fixtures/refdata/checkpoint,fastdllm_ray/assets/tiny-llada-arith",
-                     "dream-7b": "tests/fixtures/refdata-dream/checkpoint"}
+                     "dream-7b": "tests/fixtures/refdata-dream/checkpoint",
+                     "fast-dllm-v2-7b": "tests/fixtures/refdata-v2/checkpoint"}
+BLOCK_DIFFUSION_CACHES = {"block": False, "blockcache": True}  # v2: its block cache off / on
+
+
+def params_for(cache: str, gen: int, block: int) -> GenerationParams:
+    """One token committed per forward: LLaDA/Dream's fixed schedule of gen steps, or v2 at
+    threshold 1 (its most confident position only)."""
+    if cache in BLOCK_DIFFUSION_CACHES:
+        return GenerationParams(gen_length=gen, block_length=block, block_cache=BLOCK_DIFFUSION_CACHES[cache],
+                                threshold=1.0, stop_at_eos=False)
+    return GenerationParams(steps=gen, gen_length=gen, block_length=block, cache=cache, stop_at_eos=False)
 
 
 def random_model(cfg, device: str = "cuda", model_class=LLaDAModel) -> DiffusionTransformer:
@@ -108,7 +132,7 @@ VARIANTS = {"eager": (False, False), "graphs": (True, False), "compiled": (True,
 
 def run_config(model, floors, cache, batch, prompt, gen, variant="compiled", block=32, budget_s=25.0) -> Run:
     cfg = model.config
-    params = GenerationParams(steps=gen, gen_length=gen, block_length=block, cache=cache, stop_at_eos=False)
+    params = params_for(cache, gen, block)
     graphs, compiled = VARIANTS[variant]
     model.compile_blocks(compiled)
     engine = Engine(model, EngineConfig(max_num_seqs=batch, max_model_len=prompt + gen, max_queue=batch,
@@ -124,10 +148,12 @@ def run_config(model, floors, cache, batch, prompt, gen, variant="compiled", blo
     start = time.perf_counter()
     complete = True
     while engine.has_unfinished():
-        kinds = [s.kind.value for s in engine.scheduler.running] or ["full"]
+        before = dict(engine.stats.forwards)
         t0 = time.perf_counter()
         outs = engine.step()
-        times["full" if kinds[0] == "full" else "step"].append(time.perf_counter() - t0)
+        elapsed_step = time.perf_counter() - t0
+        kinds = {k for k, n in engine.stats.forwards.items() if n > before.get(k, 0)}
+        times["full" if kinds & {"full", "prefill"} else "step"].append(elapsed_step)
         committed = engine.stats.committed_tokens
         if time.perf_counter() - start > budget_s and any(o.token_ids for o in outs):
             complete = False  # stop at a block boundary; throughput from what ran
@@ -136,13 +162,58 @@ def run_config(model, floors, cache, batch, prompt, gen, variant="compiled", blo
     nfe = engine.stats.rows // batch
     weights = weight_bytes(model)
     kv = prompt + gen
-    s_bytes, s_flops = forward_cost(cfg, batch, block if cache == "dual" else kv // 2, kv, block, weights)
+    step_queries = block if cache in ("dual", *BLOCK_DIFFUSION_CACHES) else kv // 2
+    s_bytes, s_flops = forward_cost(cfg, batch, step_queries, kv, block, weights)
     f_bytes, f_flops = forward_cost(cfg, batch, kv, kv, block, weights)
     floor = lambda b, f: 1e3 * max(b / floors["bandwidth"], f / floors["flops"])  # noqa: E731
     median = lambda xs: sorted(xs)[len(xs) // 2] * 1e3 if xs else float("nan")  # noqa: E731
     return Run(variant, cache, batch, prompt, gen, committed / elapsed, median(times["full"]), median(times["step"]),
                nfe, torch.cuda.max_memory_allocated() / 2**30, floor(s_bytes, s_flops), floor(f_bytes, f_flops),
                complete)
+
+
+def decode_vs_block(model, context: int, repeats: int = 50) -> dict:
+    """ms of one block step (32 queries, the logits of a sub-block of 8) against one decode step
+    (1 query, its logits) over the same `context` kept positions at batch 1, each the engine's
+    paged forward captured as one CUDA graph: what deciding a block in parallel costs per forward
+    over what an autoregressive model pays for one token."""
+    cfg = model.config
+    model.compile_blocks(True)
+    page = 64
+    pages = -(-(context + 32) // page)
+    cache = PagedKVCache(cfg.n_layers, pages, page, cfg.n_kv_heads, cfg.head_dim, model.dtype, "cuda")
+    table = torch.arange(pages, dtype=torch.int32, device="cuda")[None]
+    out = {}
+    for name, q_len, n_logits in (("block", 32, 8), ("decode", 1, 1)):
+        positions = torch.arange(context - q_len, context, device="cuda")
+        tokens = torch.randint(0, 120000, (q_len,), device="cuda")
+        cu_q = torch.tensor([0, q_len], dtype=torch.int32, device="cuda")
+        tile_row, tile_start = query_tiles(cu_q, 2)
+        batch = PagedBatch(cu_q, torch.tensor([context], dtype=torch.int32, device="cuda"), table, page, tile_row,
+                           tile_start, q_start=positions[:1].int(), causal=torch.zeros(1, dtype=torch.int32, device="cuda"))
+        paged = PagedForward(cache, (positions // page) * page + positions % page, batch)
+
+        def step():
+            return model.logits(model.hidden_states(tokens, positions, paged)[-n_logits:])
+
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        times = []
+        for _ in range(repeats):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(begin.elapsed_time(end))
+        out[name] = sorted(times)[len(times) // 2]
+    out["ratio"] = out["block"] / out["decode"]
+    out["context"] = context
+    return out
 
 
 def staggered(model, requests: int, variant: str, max_num_seqs: int = 16, block: int = 32) -> dict:
@@ -189,8 +260,12 @@ def agreement(model_dirs: list[str], dtype=torch.bfloat16) -> list[tuple[str, in
 def _agreement_cases(directory, model, load_tokenizer):
     ref = Path(directory).parent / "reference.json"
     if ref.exists():  # the reference's tiny random checkpoint: its own cases, no tokenizer
-        model.end_token_ids = ()
         cases = json.loads(ref.read_text())["cases"]
+        if "max_new_tokens" in cases[0]:  # Fast-dLLM v2's: its stop id is part of the reference
+            return [c["prompt"] for c in cases], [GenerationParams(
+                gen_length=c["max_new_tokens"], block_length=c["block_size"], sub_block_length=c["small_block_size"],
+                threshold=c["threshold"], block_cache=c["use_block_cache"]) for c in cases]
+        model.end_token_ids = ()
         return [c["prompt"] for c in cases], [GenerationParams(
             steps=c["steps"], gen_length=c["gen_length"], block_length=c.get("block_length", c["gen_length"]),
             threshold=c.get("threshold"), factor=c.get("factor"), alg=c.get("alg"), cache=c["cache"],
@@ -271,6 +346,8 @@ def main() -> None:
                                                       "(default: the shape's family's test checkpoints)")
     ap.add_argument("--staggered", type=int, default=0,
                     help="also run N requests of unaligned traffic with and without CUDA graphs")
+    ap.add_argument("--decode-vs-block", type=int, default=0, metavar="CONTEXT",
+                    help="also time a block step against a one-token decode step over CONTEXT kept positions")
     ap.add_argument("--out-dir", default=None, help="write gpu.md (a BENCHMARKS.md section) and a PNG here")
     args = ap.parse_args()
     floors = measure_floors()
@@ -286,6 +363,9 @@ def main() -> None:
         runs.append(run)
         print(json.dumps(run.__dict__), flush=True)
         torch.cuda.empty_cache()
+    versus = decode_vs_block(model, args.decode_vs_block) if args.decode_vs_block else None
+    if versus:
+        print(json.dumps(versus), flush=True)
     churn = []
     if args.staggered:
         for variant in ("compiled", "compiled", "nographs"):  # the first pass compiles; the second is timed
@@ -300,7 +380,12 @@ def main() -> None:
     command += f" --shape {args.shape}" if args.shape != "llada-8b" else ""
     command += f" --staggered {args.staggered}" if args.staggered else ""
     command += f" --configs {args.configs}" if args.configs != default_configs else ""
+    command += f" --decode-vs-block {args.decode_vs_block}" if args.decode_vs_block else ""
     text = markdown(runs, floors, device, command, agree, churn, shape)
+    if versus:
+        text += (f"\nBlock step vs decode step, batch 1, {versus['context']} kept positions, each one CUDA graph: "
+                 f"32 queries (+ 8 positions' logits) {versus['block']:.2f} ms, 1 query (+ its logits) "
+                 f"{versus['decode']:.2f} ms: {versus['ratio']:.2f}x.\n")
     print(text)
     if args.out_dir:
         Path(args.out_dir, "gpu.md").write_text(text)

@@ -1,5 +1,6 @@
 """Serving under real traffic, engine level: does the engine keep its static-batch speed when
-requests arrive at any time with any lengths? (GPU, LLaDA-8B shape, random bf16, dual cache.)
+requests arrive at any time with any lengths? (GPU, LLaDA-8B shape, random bf16, dual cache; or
+`--shape fast-dllm-v2-7b`: Fast-dLLM v2 requests, each forward finishing a sub-block of 2 or 4.)
 
 In one run, on one warmed engine (warm_up() first; every capture after it is counted):
 - traffic: requests joining at staggered engine steps (prompts 32-512, answers 64-512, blocks
@@ -11,6 +12,7 @@ In one run, on one warmed engine (warm_up() first; every capture after it is cou
 - the first request after warm_up() against the same request again (steady state).
 
     PYTHONPATH=. python3 benchmarks/traffic.py --out-dir $OUT
+    PYTHONPATH=. python3 benchmarks/traffic.py --shape fast-dllm-v2-7b --out-dir $OUT
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.gpu import LLADA_8B, random_model
+from benchmarks.gpu import SHAPES, random_model
 from benchmarks.workload import ANSWER_LENGTHS, mixed_prompts, static_batch, tokens_per_step_params, traffic
 from fastdllm_ray import Engine, EngineConfig
 from fastdllm_ray.engine.cuda_graphs import BLOCK_BUCKETS, row_buckets
@@ -97,11 +99,11 @@ def profile(engine: Engine, requests, steps: int, path: str | None) -> str:
     return f"{steps} steps, {1e3 * wall / steps:.1f} ms a step (wall)\n{table}"
 
 
-def first_request(engine: Engine) -> dict:
+def first_request(engine: Engine, family: str) -> dict:
     """The first request after warm-up and the same request again (batch 1, prompt 128, gen
     256, one token a step)."""
     prompt = torch.randint(0, 120000, (128,), generator=torch.Generator().manual_seed(5)).tolist()
-    params = tokens_per_step_params(256, 32, 1)
+    params = tokens_per_step_params(256, 32, 1, family)
     times = []
     for _ in range(2):
         engine.add_request(prompt, params)
@@ -113,8 +115,8 @@ def first_request(engine: Engine) -> dict:
             "steady_tokens_per_s": 256 / times[1], "captures": engine.runner.captures}
 
 
-def markdown(rows: dict, command: str, device: str, warm: dict) -> str:
-    lines = [f"Device: {device}. LLaDA-8B shape, random bf16, dual cache, one engine with 32 seats, "
+def markdown(rows: dict, command: str, device: str, warm: dict, shape: str) -> str:
+    lines = [f"Device: {device}. {shape} shape, random bf16, one engine with 32 seats, "
              f"`warm_up()` first ({warm['seconds']:.1f} s, {warm['captures']} graphs captured: every token bucket "
              f"and {len(row_buckets(32))} row buckets x {len(BLOCK_BUCKETS)} block widths, the bound for any traffic).",
              "", f"Command: `{command}`", "",
@@ -136,9 +138,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--seats", type=int, default=32)
     ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="llada-8b")
     ap.add_argument("--profile", type=int, default=0, help="profile N traffic steps (4 tokens/step) and stop")
     args = ap.parse_args()
-    model = random_model(LLADA_8B)
+    shape, shape_config, model_class = SHAPES[args.shape]
+    family = "block" if getattr(shape_config, "causal_block", 0) else "canvas"
+    model = random_model(shape_config, model_class=model_class)
     engine = Engine(model, EngineConfig(max_num_seqs=args.seats, max_model_len=1024 + 64, max_queue=4 * args.requests))
     start = time.perf_counter()
     engine.warm_up()
@@ -147,23 +152,25 @@ def main() -> None:
     if args.profile:
         mean_gen = sum(ANSWER_LENGTHS) / len(ANSWER_LENGTHS)
         trace = str(Path(args.out_dir, "trace.json")) if args.out_dir else None
-        print(profile(engine, traffic(args.requests, mean_gen / 4 / (1.25 * args.seats), (4,)), args.profile, trace))
-        print(profile(engine, static_batch(args.seats, (4,)), args.profile, None))
+        print(profile(engine, traffic(args.requests, mean_gen / 4 / (1.25 * args.seats), (4,), family=family),
+                      args.profile, trace))
+        print(profile(engine, static_batch(args.seats, (4,), family=family), args.profile, None))
         return
-    first = first_request(engine)
+    first = first_request(engine, family)
     print(json.dumps(first), flush=True)
     rows, mean_gen = {}, sum(ANSWER_LENGTHS) / len(ANSWER_LENGTHS)
     for tps in (2, 4):
-        rows[("static batch", tps)] = replay(engine, static_batch(args.seats, (tps,)))
+        rows[("static batch", tps)] = replay(engine, static_batch(args.seats, (tps,), family=family))
         print(json.dumps(rows[("static batch", tps)]), flush=True)
         interval = mean_gen / tps / (1.25 * args.seats)  # arrivals a quarter faster than departures
-        rows[("traffic", tps)] = replay(engine, traffic(args.requests, interval, (tps,)))
+        rows[("traffic", tps)] = replay(engine, traffic(args.requests, interval, (tps,), family=family))
         print(json.dumps(rows[("traffic", tps)]), flush=True)
-    mixed, same = mixed_prompts(args.seats)
+    mixed, same = mixed_prompts(args.seats, family=family)
     rows[("prompts 64-512", 1)] = replay(engine, mixed)
     rows[("prompts all equal, same total", 1)] = replay(engine, same)
     command = "PYTHONPATH=. python3 benchmarks/traffic.py" + (f" --requests {args.requests}" if args.requests != 128 else "")
-    text = markdown(rows, command, torch.cuda.get_device_name(), warm)
+    command += f" --shape {args.shape}" if args.shape != "llada-8b" else ""
+    text = markdown(rows, command, torch.cuda.get_device_name(), warm, shape)
     mixed_ratio = rows[("prompts 64-512", 1)]["tokens_per_s"] / rows[("prompts all equal, same total", 1)]["tokens_per_s"]
     text += (f"\nMixed prompt lengths vs equal lengths with the same total tokens: {mixed_ratio:.2f}.\n"
              f"First request after warm_up(): {first['first_tokens_per_s']:.1f} tokens/s vs "
