@@ -96,6 +96,7 @@ class FastDLLMV2Policy(DecodingPolicy):
     model_types = ("Fast_dLLM_Qwen",)
     family = "Fast-dLLM v2"
     accepts = frozenset({"sub_block_length", "block_cache", "top_p"})
+    shares_prefix = True
     shift = 1
     confidence_fn = staticmethod(v2_confidences)
     predict = staticmethod(v2_predict)
@@ -124,6 +125,22 @@ class FastDLLMV2Policy(DecodingPolicy):
     def total_len(self, prompt_len: int, params: GenerationParams) -> int:
         return self._prefilled(prompt_len, params.block_length) + params.gen_length // params.block_length * params.block_length
 
+    def shareable_prefix(self, seq) -> int:
+        """The prompt's whole blocks; all but the last when the prefill must also predict the
+        first block's opening id (its logits are not cached)."""
+        bs = seq.params.block_length
+        whole = self._prefilled(seq.prompt_len, bs)
+        return whole - bs if whole and whole == seq.prompt_len else whole
+
+    def admitted(self, seq) -> None:
+        if seq.state.phase == PREFILL and seq.cached_len >= seq.state.start:  # the cache holds the prefill
+            seq.state.phase = BLOCK
+            seq.forwards_saved += 1
+
+    def final_prefix(self, seq) -> int:
+        state = seq.state
+        return seq.cached_len if state.phase == PREFILL else state.start
+
     def new_state(self, seq) -> V2State:
         bs = seq.params.block_length
         start = self._prefilled(seq.prompt_len, bs)
@@ -148,8 +165,9 @@ class FastDLLMV2Policy(DecodingPolicy):
         state, p = seq.state, seq.params
         bs, end = p.block_length, state.start + p.block_length
         if state.phase == PREFILL:  # its last position predicts the first block's opening id
-            carries = seq.prompt_len == state.start
-            return RowPlan(0, state.start, state.start, bs, state.start, int(carries), self._carry_columns(p), PREFILL)
+            carries, start = seq.prompt_len == state.start, seq.cached_len
+            return RowPlan(start, state.start - start, state.start, bs, state.start, int(carries),
+                           self._carry_columns(p), PREFILL)
         if state.phase == STORE:
             return RowPlan(state.start, bs, end, 0, end, 1, self._carry_columns(p), STORE)
         sbs = p.sub_block_length

@@ -72,6 +72,9 @@ class DecodingPolicy:
     """The interface, and what every family shares: the field check."""
 
     model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values this family decodes
+    # a finished block's K/V depend only on the tokens up to its end (block-causal attention), so
+    # identical prefixes may share their pages; never for a family attending to the whole canvas
+    shares_prefix: ClassVar[bool] = False
     family: ClassVar[str] = ""  # its name in messages
     accepts: ClassVar[frozenset[str]] = frozenset()  # the FAMILY_FIELDS it uses
     shift = 0
@@ -121,6 +124,22 @@ class DecodingPolicy:
     def advance(self, seq, outcome: StepOutcome, end_ids: frozenset[int]) -> Advance:
         """Moves the sequence on after a step (its state's `block` and `step` included)."""
         raise NotImplementedError
+
+    # ---- prefix sharing (families with shares_prefix) --------------------------------------
+    def shareable_prefix(self, seq) -> int:
+        """Leading positions whose K/V the sequence may take from the cache at admission."""
+        return 0
+
+    def prefix_block(self, seq) -> int:
+        """Block size of the sequence's block-causal attention (what its K/V depend on)."""
+        return seq.params.block_length
+
+    def admitted(self, seq) -> None:
+        """Called once the sequence holds its pages, `seq.cached_len` of them found in the cache."""
+
+    def final_prefix(self, seq) -> int:
+        """Leading positions whose K/V are final (never computed again by this sequence)."""
+        return 0
 
     def answer_offset(self, seq, plan: RowPlan) -> int:
         """The answer position (0: the first answer token) of the decided span's first position."""

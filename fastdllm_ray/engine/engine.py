@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from fastdllm_ray.decoding import StepOutcome
 from fastdllm_ray.engine.outputs import BlockOutput, GenerationResult
-from fastdllm_ray.engine.page_pool import PagePool
+from fastdllm_ray.engine.page_pool import PagePool, prefix_keys
 from fastdllm_ray.engine.runner import ModelRunner
 from fastdllm_ray.engine.scheduler import QueueFullError, Scheduler
 from fastdllm_ray.engine.sequence import Sequence, Status
@@ -40,6 +40,9 @@ class EngineConfig:
     # pages in the K/V pool; default: max_num_seqs sequences of max_model_len. Fewer pages let
     # more seats share the memory when most requests are shorter than max_model_len.
     num_pages: int | None = None
+    # requests whose prompts begin alike share the K/V pages of their common whole blocks (only
+    # for block-diffusion families, where that is exact: decoding/policy.py shares_prefix)
+    prefix_sharing: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_queue"):
@@ -78,9 +81,11 @@ class Engine:
         c = self.config
         num_pages = c.num_pages or c.max_num_seqs * -(-self.max_model_len // c.page_size)
         self.pool = PagePool(num_pages, c.page_size)
-        self.scheduler = Scheduler(c.max_num_seqs, c.max_queue, self.pool)
         self.runner = ModelRunner(model, c.max_num_seqs, self.max_model_len, num_pages, c.page_size,
                                   c.seed, c.cuda_graphs, c.compile_blocks)
+        self.sharing = c.prefix_sharing and self.runner.policy.shares_prefix
+        self.scheduler = Scheduler(c.max_num_seqs, c.max_queue, self.pool,
+                                   self._prompt_prefix_keys if self.sharing else None)
         self.stats = EngineStats()
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -187,9 +192,14 @@ class Engine:
             self._aborts.clear()
             for seq in self.scheduler.admit():
                 self.runner.place(seq)
+                self.runner.policy.admitted(seq)
                 seq.block_started = time.monotonic()
+                self.stats.prompt_tokens += seq.prompt_len
+                self.stats.cached_prompt_tokens += seq.cached_len
+                self.stats.forwards_saved += seq.forwards_saved
         batch = self.scheduler.batch()
         self.stats.kv_cache_usage = 1 - self.pool.num_free / self.pool.num_pages
+        self.stats.cached_pages, self.stats.evictions = self.pool.num_cached, self.pool.evictions
         self.stats.last_batch_size = len(batch)
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(batch))
         if not batch:
@@ -219,6 +229,8 @@ class Engine:
         event = step_event(policy, seq, outcome, self.model.config.mask_token_id) if seq.stream_steps else None
         advance = policy.advance(seq, outcome, end_ids)
         seq.nfe += 1
+        if self.sharing:
+            self._offer_pages(seq)
         now = time.monotonic()
         if advance.block_done:
             seq.block_times.append(now - (seq.block_started or now))
@@ -234,6 +246,25 @@ class Engine:
         if advance.tokens or event is not None:
             return BlockOutput(seq.request_id, advance.tokens, finished=False, step=event)
         return None
+
+    # ---- prefix sharing --------------------------------------------------------------------
+    def _prompt_prefix_keys(self, seq: Sequence) -> list[tuple[bytes, int]]:
+        """The keys of the prompt's pages the sequence may take from the cache."""
+        policy = self.runner.policy
+        return prefix_keys(seq.prompt_ids[: policy.shareable_prefix(seq)], self.pool.page_size,
+                           policy.prefix_block(seq))
+
+    def _offer_pages(self, seq: Sequence) -> None:
+        """Registers the sequence's pages whose K/V became final, for later requests to share."""
+        policy, page = self.runner.policy, self.pool.page_size
+        block = policy.prefix_block(seq)
+        final = policy.final_prefix(seq)
+        if final < -(-((seq.registered + 1) * page) // block) * block:  # the next page's K/V are not final yet
+            return
+        keys = prefix_keys((seq.prompt_ids + seq.output_ids)[:final], page, block)
+        for i in range(seq.registered, len(keys)):
+            self.pool.register(seq.pages[i], keys[i][0])
+        seq.registered = max(seq.registered, len(keys))
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> BlockOutput:
         """Ends a sequence (caller holds the lock) and frees its slot."""
@@ -254,6 +285,8 @@ class Engine:
             time_to_first_block=None if seq.first_block_time is None else seq.first_block_time - seq.arrival_time,
             latency=now - seq.arrival_time,
             error=error,
+            cached_tokens=seq.cached_len,
+            forwards_saved=seq.forwards_saved,
         )
         return BlockOutput(seq.request_id, [], finished=True, result=result)
 

@@ -17,6 +17,8 @@ class GenerationResult:
     time_to_first_block: float | None = None  # seconds from arrival to the first final block
     latency: float | None = None  # seconds from arrival to the end
     error: str | None = None
+    cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache (not computed)
+    forwards_saved: int = 0  # forwards the prefix cache spared (a prefill it held whole)
 
     @property
     def tokens_per_forward(self) -> float:

@@ -4,6 +4,7 @@ queue, and the running batch (every running sequence shares one forward per step
 from __future__ import annotations
 
 from collections import deque
+from typing import Callable
 
 from fastdllm_ray.engine.page_pool import PagePool
 from fastdllm_ray.engine.sequence import Sequence, Status
@@ -18,11 +19,13 @@ class Scheduler:
     canvas) is free and the pool has every page its sequence will need; the queue's head waits
     for pages rather than being overtaken, so a long request is never starved by short ones."""
 
-    def __init__(self, num_slots: int, max_queue: int, pool: PagePool) -> None:
+    def __init__(self, num_slots: int, max_queue: int, pool: PagePool,
+                 prefix_keys: Callable[[Sequence], list[tuple[bytes, int]]] | None = None) -> None:
         self.free_slots = list(range(num_slots))
         self.max_queue = max_queue
         self.max_running = num_slots  # may be lowered at run time (generate's max_batch_size)
         self.pool = pool
+        self.prefix_keys = prefix_keys  # a sequence's prompt prefix keys to look up in the pool (sharing)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -36,16 +39,20 @@ class Scheduler:
         self.waiting.append(seq)
 
     def admit(self) -> list[Sequence]:
-        """Moves waiting sequences into free seats with their pages (lowest seat first)."""
+        """Moves waiting sequences into free seats with their pages (lowest seat first): the
+        cached pages of their longest shared prefix, and fresh ones for the rest."""
         admitted = []
         while self.waiting and self.free_slots and len(self.running) < self.max_running:
             seq = self.waiting[0]
-            if not self.pool.can_allocate(seq.total_len):
+            shared = self.pool.lookup(self.prefix_keys(seq)) if self.prefix_keys else []
+            if not self.pool.can_allocate(seq.total_len, shared):
                 break
             self.waiting.popleft()
             self.free_slots.sort()
             seq.slot = self.free_slots.pop(0)
-            seq.pages = self.pool.allocate(seq.total_len)
+            seq.pages = self.pool.allocate(seq.total_len, shared)
+            seq.cached_len = seq.registered = len(shared)
+            seq.cached_len *= self.pool.page_size
             seq.status = Status.RUNNING
             self.running.append(seq)
             admitted.append(seq)

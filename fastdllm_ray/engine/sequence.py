@@ -38,6 +38,9 @@ class Sequence:
     block_times: list[float] = field(default_factory=list)  # seconds each block took
     block_started: float | None = None
     stream_steps: bool = False  # hand back a StepEvent per forward (engine/step_events.py)
+    cached_len: int = 0  # positions [0, cached_len) whose K/V came from shared pages
+    forwards_saved: int = 0  # forwards that shared pages spared
+    registered: int = 0  # pages already offered to the prefix cache
 
     @property
     def prompt_len(self) -> int:

@@ -19,6 +19,11 @@ class EngineStats:
     finished: Counter = field(default_factory=Counter)  # by finish reason
     last_batch_size: int = 0  # rows in the last engine iteration
     max_batch_size: int = 0
+    prompt_tokens: int = 0  # of the requests admitted
+    cached_prompt_tokens: int = 0  # of those, served from the prefix cache's shared pages
+    forwards_saved: int = 0  # prefill forwards the prefix cache spared
+    cached_pages: int = 0  # pages registered in the prefix cache (held or idle)
+    evictions: int = 0  # cached pages evicted to make room
 
     @property
     def cache_hit_rate(self) -> float:
@@ -26,6 +31,11 @@ class EngineStats:
         if not self.attended_positions:
             return 0.0
         return 1.0 - self.computed_positions / self.attended_positions
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        """Prompt tokens served from the prefix cache / prompt tokens (block-diffusion families)."""
+        return self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     @property
     def tokens_per_forward(self) -> float:

@@ -1,7 +1,8 @@
 """The engine reproduces Fast-dLLM v2's generate (its model's own, temperature 0) token for token
 and in forwards for every refdata-v2 case (both block sizes, every sub-block size and threshold,
 with and without the block cache, 12 stopping on the stop id): alone, all in one batch, and
-joining a running batch; a request decodes as if alone whatever its neighbours."""
+joining a running batch; a request decodes as if alone whatever its neighbours. Forwards: those
+run plus those the prefix cache spared (a prefill it held whole: tests/engine/test_prefix_sharing.py)."""
 
 from __future__ import annotations
 
@@ -36,18 +37,18 @@ CASES = _cases()
 def test_case_matches_reference_tokens_and_forwards(v2_model, case):
     result = generate(v2_model, [case["prompt"]], params_of(case))[0]
     assert result.token_ids == case["output"]
-    assert result.nfe == case["forwards"]
+    assert result.nfe + result.forwards_saved == case["forwards"]
     assert result.finish_reason == ("stop" if case["stopped"] else "length")
 
 
 def test_all_cases_in_one_batch_decode_as_alone(v2_model):
     batched = generate(v2_model, [c["prompt"] for c in CASES], [params_of(c) for c in CASES])
     assert [r.token_ids for r in batched] == [c["output"] for c in CASES]
-    assert [r.nfe for r in batched] == [c["forwards"] for c in CASES]
+    assert [r.nfe + r.forwards_saved for r in batched] == [c["forwards"] for c in CASES]
 
 
 def test_requests_joining_a_running_batch_match_reference(v2_model):
-    engine = Engine(v2_model, EngineConfig(max_num_seqs=4, max_model_len=256, page_size=16))
+    engine = Engine(v2_model, EngineConfig(max_num_seqs=4, max_model_len=256, page_size=16, prefix_sharing=False))
     results, pending = {}, list(range(len(CASES)))
     while pending or engine.has_unfinished():
         if pending and engine.num_waiting == 0:  # one request joins every step, mid-run of the others
