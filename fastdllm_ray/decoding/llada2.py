@@ -95,9 +95,10 @@ class LLaDA2Policy(DecodingPolicy):
     predict = staticmethod(llada2_predict)
 
     def effective(self, params: GenerationParams) -> GenerationParams:
-        # the reference's steps=32 after its cap min(steps, gen_length // minimal_topk), minimal_topk 1
-        return params.with_defaults(steps_per_block=min(DEFAULT_STEPS, params.gen_length),
-                                    threshold=DEFAULT_THRESHOLD, top_p=1.0)
+        # the reference's steps=32 after its cap min(steps, gen_length // minimal_topk), minimal_topk 1;
+        # no threshold next to a factor, which validate() refuses by name
+        return params.with_defaults(steps_per_block=min(DEFAULT_STEPS, params.gen_length), top_p=1.0,
+                                    threshold=DEFAULT_THRESHOLD if params.factor is None else None)
 
     def total_len(self, prompt_len: int, params: GenerationParams) -> int:
         return -(-(prompt_len + params.gen_length) // params.block_length) * params.block_length

@@ -63,14 +63,17 @@ def grouped_mm_usable(device: torch.device, dtype: torch.dtype) -> bool:
 def padded_grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """a [M, K] rows sorted by group, b [G, K, N], offsets [G] (each group's end row): [M, N],
     group g's rows times b[g]. The fallback of torch._grouped_mm: one batched matmul over the
-    groups padded to the largest (reads every group's matrix; one host sync for the padding)."""
+    groups padded to the largest (reads every group's matrix; one host read of the largest
+    count, or, while a CUDA graph is captured, padding to M)."""
     m, groups = a.shape[0], b.shape[0]
     offsets = offsets.long()
     counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
     rows = torch.arange(m, device=a.device)
     group = torch.searchsorted(offsets, rows, right=True)
     rank = rows - (offsets - counts)[group]
-    padded = a.new_zeros(groups, int(counts.max()) if m else 0, a.shape[1])
+    capturing = a.is_cuda and torch.cuda.is_current_stream_capturing()
+    width = m if capturing or not m else int(counts.max())
+    padded = a.new_zeros(groups, width, a.shape[1])
     padded[group, rank] = a
     return torch.bmm(padded, b)[group, rank]
 
