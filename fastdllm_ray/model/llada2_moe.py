@@ -60,11 +60,12 @@ def grouped_mm_usable(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" and dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) >= (9, 0)
 
 
-def padded_grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def padded_grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor,
+                      max_rows: int | None = None) -> torch.Tensor:
     """a [M, K] rows sorted by group, b [G, K, N], offsets [G] (each group's end row): [M, N],
     group g's rows times b[g]. The fallback of torch._grouped_mm: one batched matmul over the
     groups padded to the largest (reads every group's matrix; one host read of the largest
-    count, or, while a CUDA graph is captured, padding to M)."""
+    count, or, while a CUDA graph is captured, padding to `max_rows`, at most M)."""
     m, groups = a.shape[0], b.shape[0]
     offsets = offsets.long()
     counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
@@ -72,16 +73,17 @@ def padded_grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -
     group = torch.searchsorted(offsets, rows, right=True)
     rank = rows - (offsets - counts)[group]
     capturing = a.is_cuda and torch.cuda.is_current_stream_capturing()
-    width = m if capturing or not m else int(counts.max())
+    width = min(m, max_rows or m) if capturing or not m else int(counts.max())
     padded = a.new_zeros(groups, width, a.shape[1])
     padded[group, rank] = a
     return torch.bmm(padded, b)[group, rank]
 
 
-def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:
+    """padded_grouped_mm's result, by torch._grouped_mm where it runs."""
     if grouped_mm_usable(a.device, a.dtype):
         return torch._grouped_mm(a, b, offs=offsets)
-    return padded_grouped_mm(a, b, offsets)
+    return padded_grouped_mm(a, b, offsets, max_rows)
 
 
 def routed_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, gate_up: torch.Tensor,
@@ -95,9 +97,10 @@ def routed_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor,
     counts = torch.zeros(experts, dtype=torch.int32, device=x.device)
     counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
     offsets = counts.cumsum(0, dtype=torch.int32)
-    gate_and_up = mm(x[order // k], gate_up.transpose(1, 2), offsets)
+    # an expert gets each token at most once: n rows at most
+    gate_and_up = mm(x[order // k], gate_up.transpose(1, 2), offsets, n)
     hidden = F.silu(gate_and_up[:, :inter]) * gate_and_up[:, inter:]
-    out = mm(hidden, down.transpose(1, 2), offsets)
+    out = mm(hidden, down.transpose(1, 2), offsets, n)
     in_token_order = torch.empty_like(out).index_copy_(0, order, out)
     return (in_token_order.view(n, k, -1).float() * weights[..., None]).sum(dim=1).to(x.dtype)
 
