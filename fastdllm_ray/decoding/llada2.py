@@ -58,7 +58,7 @@ class LLaDA2State:
 
 
 def llada2_predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator | None = None,
-                   confidence_fn=v2_confidences, mask_id: int | None = None):
+                   confidence_fn=v2_confidences, mask_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x0 [B, n] and float32 confidence [B, n]: the argmax that is not the mask id and its
     softmax probability; rows with a temperature draw from softmax(logits / temperature) cut
     to the row's top_k (0: all), then to its top_p nucleus, the confidence being the drawn
@@ -66,24 +66,25 @@ def llada2_predict(logits: torch.Tensor, rules: StepRules, generator: torch.Gene
     x0, confidence = confidence_fn(logits, mask_id)
     if not rules.any_sampling:
         return x0, confidence
-    temperature = torch.where(rules.temperature > 0, rules.temperature, 1.0).float()[:, None, None]
-    scaled = logits.float() / temperature
+    # only the sampling rows sort their vocabulary (a sampling step runs outside CUDA graphs, so
+    # the host read of which rows they are costs nothing a graph would keep)
+    rows = torch.nonzero(rules.temperature > 0).flatten()
+    scaled = logits[rows].float() / rules.temperature[rows].float()[:, None, None]
     if mask_id is not None:
         scaled[..., mask_id] = float("-inf")
     ordered, order = scaled.sort(dim=-1, descending=True)
     rank = torch.arange(scaled.shape[-1], device=scaled.device)
-    top_k = rules.top_k if rules.top_k is not None else torch.zeros_like(rules.rule)
-    top_p = rules.top_p if rules.top_p is not None else torch.ones_like(rules.temperature)
-    in_top_k = (top_k[:, None, None] <= 0) | (rank < top_k[:, None, None])
-    ordered = ordered.masked_fill(~in_top_k, float("-inf"))
+    top_k = (rules.top_k if rules.top_k is not None else torch.zeros_like(rules.rule))[rows][:, None, None]
+    top_p = (rules.top_p if rules.top_p is not None else torch.ones_like(rules.temperature))[rows]
+    ordered = ordered.masked_fill((top_k > 0) & (rank >= top_k), float("-inf"))
     probs = torch.softmax(ordered, dim=-1)
     outside_nucleus = (probs.cumsum(dim=-1) - probs) > top_p.float()[:, None, None]
     probs = torch.softmax(ordered.masked_fill(outside_nucleus, float("-inf")), dim=-1)
     noise = torch.empty_like(probs).exponential_(generator=generator)
     drawn = (probs / noise).argmax(dim=-1, keepdim=True)
-    sampled = (rules.temperature > 0)[:, None]
-    x0 = torch.where(sampled, order.gather(-1, drawn).squeeze(-1), x0)
-    confidence = torch.where(sampled, probs.gather(-1, drawn).squeeze(-1), confidence)
+    x0, confidence = x0.clone(), confidence.clone()
+    x0[rows] = order.gather(-1, drawn).squeeze(-1)
+    confidence[rows] = probs.gather(-1, drawn).squeeze(-1)
     return x0, confidence
 
 

@@ -30,7 +30,8 @@ from fastdllm_ray.model.transformer import DiffusionTransformer, RMSNorm, apply_
 
 
 def attention_inputs(h: torch.Tensor, w_qkv: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor,
-                     sin: torch.Tensor, cos: torch.Tensor, n_heads: int, n_kv_heads: int, eps: float):
+                     sin: torch.Tensor, cos: torch.Tensor, n_heads: int, n_kv_heads: int,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q [B, T, H, D], k and v [B, T, H_kv, D] from the normed hidden states h [B, T, d]: the fused
     projection, qk-norm, then RoPE on each head's first sin.shape[-1] dims."""
     B, T, _ = h.shape

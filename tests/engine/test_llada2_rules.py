@@ -119,6 +119,9 @@ def test_sampled_answers_are_reproducible_for_a_seed(model):
     greedy = generate(model, [prompt], params.with_changes(temperature=0.0))[0]
     assert first.token_ids == again.token_ids and len(first.token_ids) == 48
     assert first.token_ids != greedy.token_ids
+    # a greedy request next to sampling ones decodes as alone
+    mixed = generate(model, [prompt] * 3, [params, params.with_changes(temperature=0.0), params], seed=7)
+    assert (mixed[1].token_ids, mixed[1].nfe) == (greedy.token_ids, greedy.nfe)
 
 
 def test_step_events_add_up_to_the_answer(model):
