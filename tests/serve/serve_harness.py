@@ -113,6 +113,19 @@ def total(samples: dict, name: str, **labels) -> float:
                if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def cumulative_series(url: str, prefixes: tuple[str, ...]) -> set[tuple]:
+    """(name, labels) of every counter and histogram sample named with one of `prefixes`, after
+    checking that no series is sent twice. Once exported these stay while their process lives,
+    so a later read holds every one an earlier read did; Ray drops a gauge's series two export
+    rounds after its last value, so gauges can come and go."""
+    keys = []
+    for family in text_string_to_metric_families(httpx.get(url, timeout=15).text):
+        keys += [(s.name, tuple(sorted(s.labels.items()))) for s in family.samples
+                 if family.type in ("counter", "histogram") and s.name.startswith(prefixes)]
+    assert len(keys) == len(set(keys)), f"a series twice at {url}"
+    return set(keys)
+
+
 def replica_stats(app_name: str = "fastdllm") -> dict:
     from ray import serve
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME
 from fastdllm_ray.serve.metrics_proxy import APP_METRIC_PREFIXES, EXPORTER_UP
-from serve_harness import cli, cli_server, scrape, total
+from serve_harness import cli, cli_server, cumulative_series, scrape, total
 from tests.net import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(480)]
@@ -153,23 +153,14 @@ def test_cache_hit_rate_and_tokens_per_forward_gauges_are_in_range(exported):
     assert 1 <= per_forward <= LONG["block_length"]
 
 
-def app_series(url: str) -> tuple[set, str]:
-    text = httpx.get(url, timeout=10).text
-    keys = [(s.name, tuple(sorted(s.labels.items())))
-            for family in text_string_to_metric_families(text) for s in family.samples]
-    assert len(keys) == len(set(keys)), "a series twice"
-    return {key for key in keys if key[0].startswith(APP_METRIC_PREFIXES)}, text
-
-
 def test_metrics_on_the_api_port_is_every_app_series_of_the_ray_exporter(printed, traffic, exported):
-    before, _ = app_series(printed["ray metrics"])
-    merged, text = app_series(printed["metrics"])
-    after, _ = app_series(printed["ray metrics"])
-    # series are only ever added (a scrape of /metrics adds its own route's): Ray's before <= ours <= Ray's after
+    before = cumulative_series(printed["ray metrics"], APP_METRIC_PREFIXES)
+    merged = cumulative_series(printed["metrics"], APP_METRIC_PREFIXES)
+    after = cumulative_series(printed["ray metrics"], APP_METRIC_PREFIXES)
+    # counters and histograms are only ever added (a scrape of /metrics adds its route's): Ray's before <= ours <= Ray's after
     assert before <= merged <= after and any(name.startswith("ray_serve_") for name, _ in merged)
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert set(families) - {EXPORTER_UP} == {f.name for f in text_string_to_metric_families(text)
-                                             if f.name.startswith(APP_METRIC_PREFIXES)}  # nothing else
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(printed["metrics"], timeout=15).text)}
+    assert all(name.startswith(APP_METRIC_PREFIXES) for name in set(families) - {EXPORTER_UP})  # nothing else
     port = printed["ray metrics"].rsplit(":", 1)[1].split("/")[0]
     [up] = families[EXPORTER_UP].samples  # one node, merged
     assert up.value == 1 and up.labels["exporter"].endswith(f":{port}")
