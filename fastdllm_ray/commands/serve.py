@@ -84,7 +84,8 @@ def metrics_port_of(args: argparse.Namespace) -> int | None:
     port = DEFAULT_METRICS_PORT if args.metrics_port is None else args.metrics_port
     if not 1 <= port <= 65535:
         raise SystemExit(f"--metrics-port: {port} is not a TCP port (1-65535)")
-    with socket.socket() as probe:  # Ray's exporter listens on every interface: so does the probe
+    with socket.socket() as probe:  # bound as Ray's exporter binds it: every interface, SO_REUSEADDR
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # so a closed server's TIME_WAIT is no refusal
         try:
             probe.bind(("", port))
         except OSError as exc:
@@ -99,8 +100,11 @@ def node_metrics_url(local: bool) -> str | None:
 
     from fastdllm_ray.serve.metrics_proxy import exporter_address
 
-    node_id = ray.get_runtime_context().get_node_id()
-    node = next((n for n in ray.nodes() if n["NodeID"] == node_id), None)
+    try:  # a line of the banner: never worth failing a deployed server for
+        node_id = ray.get_runtime_context().get_node_id()
+        node = next((n for n in ray.nodes() if n["NodeID"] == node_id), None)
+    except Exception:
+        return None
     address = exporter_address(node) if node else None
     if address is None:
         return None
