@@ -74,6 +74,9 @@ class DecodingPolicy:
     model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values this family decodes
     family: ClassVar[str] = ""  # its name in messages
     accepts: ClassVar[frozenset[str]] = frozenset()  # the FAMILY_FIELDS it uses
+    # its generation_algorithm names (serve/algorithms.py): name -> (the GenerationParams fields
+    # the name sets, what it is); a family with no choice lists one that sets nothing
+    algorithms: ClassVar[dict[str, tuple[dict[str, Any], str]]] = {"default": ({}, "the family's one decoding")}
     shift = 0
     default_top_k = 0  # 0: confidences over the whole vocabulary
     confidence_fn = staticmethod(confidence_of)
