@@ -1,8 +1,9 @@
 """Token selection for one decoding step, for a batch of rows with their own parameters.
 
 Per position: the predicted token x0 (argmax, after float64 Gumbel noise when the row's
-temperature is > 0, drawn from the row's top_p nucleus and top_k when it sets them) and its confidence (float64 softmax probability of x0, or a uniform
-random rank under remasking='random'). Per row, the number of masked positions to commit:
+temperature is > 0, within the row's top_p nucleus and top_k when it sets them) and its
+confidence (float64 softmax probability of x0, or a uniform random rank under
+remasking='random'). Per row, the number of masked positions to commit:
 fixed count, threshold (all >= threshold, at least one), capped threshold (the same, at most
 the fixed count: Dream's confidence_threshold) or factor (largest n whose n-th confidence
 >= 1 - factor/(n+1), at least one; all when only the last fails, as the reference does).
