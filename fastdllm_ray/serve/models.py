@@ -101,8 +101,11 @@ class ModelRouter:
         return {model.name: status.get(model.name, False) for model in self}
 
     def _read_status(self) -> dict[str, bool]:
+        import ray
         from ray import serve
 
+        if not ray.is_initialized():  # outside a cluster (serve.status would start one)
+            return {}
         applications = serve.status().applications
         running = {}
         for model in self:
