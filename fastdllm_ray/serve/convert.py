@@ -142,7 +142,7 @@ def _refuse_unsupported(req: FastDLLMFields) -> None:
                                "left-to-right factorisation to take them from", param=field)
 
 
-def _family_fields(req: FastDLLMFields, max_tokens: int, policy: DecodingPolicy) -> dict:
+def _family_fields(req: FastDLLMFields, max_tokens: int, policy: Optional[DecodingPolicy]) -> dict:
     """The family-specific GenerationParams fields the request sets (None: not sent)."""
     cache = None
     if req.use_cache is not None or req.use_dual_cache is not None:  # an unsent flag is the seed's default, true
@@ -162,6 +162,9 @@ def _family_fields(req: FastDLLMFields, max_tokens: int, policy: DecodingPolicy)
                   top_p=req.top_p, top_k=top_k, sub_block_length=req.sub_block_length, block_cache=req.block_cache,
                   steps_per_block=req.steps_per_block)
     if req.generation_algorithm is not None:
+        if policy is None:
+            raise RequestError("generation_algorithm: the model's family, which names the algorithms, is not known "
+                               "here", param="generation_algorithm")
         try:
             fields = algorithms_of(policy).apply(req.generation_algorithm, fields)
         except ValueError as exc:
@@ -169,8 +172,8 @@ def _family_fields(req: FastDLLMFields, max_tokens: int, policy: DecodingPolicy)
     return fields
 
 
-def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model_len: int, policy: DecodingPolicy,
-                       default_max_tokens: int = DEFAULT_MAX_TOKENS) -> GenerationParams:
+def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model_len: int,
+                       default_max_tokens: int, policy: Optional[DecodingPolicy]) -> GenerationParams:
     if req.n != 1:
         raise RequestError("n: only n=1 is supported", param="n")
     max_tokens = default_max_tokens if max_tokens is None else max_tokens
@@ -191,27 +194,34 @@ def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model
     try:
         params = GenerationParams(gen_length=max_tokens, block_length=req.block_length, threshold=req.threshold,
                                   temperature=req.temperature, **family)
-        policy.validate(params)  # a field this model's family does not use, by name
-        policy.effective(params)  # and the family's defaults fit the request (steps against its blocks)
+        if policy is not None:  # else the engine's policy checks it
+            policy.validate(params)  # a field this model's family does not use, by name
+            policy.effective(params)  # and the family's defaults fit the request (steps against its blocks)
     except ValueError as exc:
         field = str(exc).split(":", 1)[0].split(" ")[0]
         raise RequestError(str(exc), param=_REQUEST_FIELD.get(field, field)) from None
     return params
 
 
-def _check_context(prompt_ids: list[int], params: GenerationParams, policy: DecodingPolicy, max_model_len: int,
-                   param: str) -> None:
+def _check_context(prompt_ids: list[int], params: GenerationParams, policy: Optional[DecodingPolicy],
+                   max_model_len: int, param: str) -> None:
     if not prompt_ids:
         raise RequestError(f"{param}: is empty", param=param)
-    total = policy.total_len(len(prompt_ids), policy.effective(params))
+    if policy is None:  # the canvas families' length, the longest any family takes
+        total = len(prompt_ids) + params.padded_gen_length
+    else:
+        total = policy.total_len(len(prompt_ids), policy.effective(params))
     if total > max_model_len:
         raise RequestError(
             f"{param}: {len(prompt_ids)} prompt tokens + {total - len(prompt_ids)} answer tokens exceed "
             f"the model's context of {max_model_len} tokens", param=param, code="context_length_exceeded")
 
 
-def chat_request(req: ChatCompletionRequest, encoder: PromptEncoder, policy: DecodingPolicy, max_model_len: int,
-                 default_max_tokens: int = DEFAULT_MAX_TOKENS) -> EngineRequest:
+def chat_request(req: ChatCompletionRequest, encoder: PromptEncoder, max_model_len: int,
+                 default_max_tokens: int = DEFAULT_MAX_TOKENS,
+                 policy: Optional[DecodingPolicy] = None) -> EngineRequest:
+    """The engine request of a chat request; `policy`: the model's family (None: its fields go
+    unchecked to the engine, which checks them, and generation_algorithm is refused)."""
     if not req.messages:
         raise RequestError("messages: must hold at least one message", param="messages")
     if req.max_tokens is not None and req.max_completion_tokens is not None:
@@ -222,16 +232,17 @@ def chat_request(req: ChatCompletionRequest, encoder: PromptEncoder, policy: Dec
             raise RequestError(f"messages.{i}.content: a user message must not be empty",
                                param=f"messages.{i}.content")
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
-    params = _generation_params(req, max_tokens, max_model_len, policy, default_max_tokens)
+    params = _generation_params(req, max_tokens, max_model_len, default_max_tokens, policy)
     stop = _stop_strings(req.stop)
     prompt_ids = encoder.chat(req.messages)
     _check_context(prompt_ids, params, policy, max_model_len, "messages")
     return EngineRequest(prompt_ids, params, stop, req.stream_steps)
 
 
-def completion_request(req: CompletionRequest, encoder: PromptEncoder, policy: DecodingPolicy, max_model_len: int,
-                       default_max_tokens: int = DEFAULT_MAX_TOKENS) -> EngineRequest:
-    params = _generation_params(req, req.max_tokens, max_model_len, policy, default_max_tokens)
+def completion_request(req: CompletionRequest, encoder: PromptEncoder, max_model_len: int,
+                       default_max_tokens: int = DEFAULT_MAX_TOKENS,
+                       policy: Optional[DecodingPolicy] = None) -> EngineRequest:
+    params = _generation_params(req, req.max_tokens, max_model_len, default_max_tokens, policy)
     stop = _stop_strings(req.stop)
     prompt = req.prompt
     # a batch of one (lm-eval's local-completions sends [[ids]] or [text]) is that one prompt

@@ -138,14 +138,14 @@ class OpenAIIngress:
     @app.post("/v1/completions", response_model=p.CompletionResponse)
     async def completions(self, body: p.CompletionRequest):
         model = self._route(body.model)
-        req = completion_request(body, model.encoder, model.policy, model.max_model_len, model.default_max_tokens)
+        req = completion_request(body, model.encoder, model.max_model_len, model.default_max_tokens, model.policy)
         echo = body.prompt if body.echo and isinstance(body.prompt, str) else ""
         return await self._respond(model, req, body, chat=False, echo=echo)
 
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse)
     async def chat_completions(self, body: p.ChatCompletionRequest):
         model = self._route(body.model)
-        req = chat_request(body, model.encoder, model.policy, model.max_model_len, model.default_max_tokens)
+        req = chat_request(body, model.encoder, model.max_model_len, model.default_max_tokens, model.policy)
         return await self._respond(model, req, body, chat=True)
 
     # ---- plumbing -------------------------------------------------------------------------

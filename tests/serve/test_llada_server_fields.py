@@ -29,7 +29,7 @@ def encoder():
 
 def params(encoder, policy=LLADA, **fields):
     body = {"model": DEFAULT_MODEL_NAME, "messages": [{"role": "user", "content": "What is 2+3?"}], **fields}
-    return chat_request(ChatCompletionRequest.model_validate(body), encoder, policy, CONTEXT).params
+    return chat_request(ChatCompletionRequest.model_validate(body), encoder, CONTEXT, policy=policy).params
 
 
 def refused(encoder, policy=LLADA, **fields) -> RequestError:

@@ -13,7 +13,6 @@ from fastdllm_ray.serve.convert import PromptEncoder, RequestError, chat_request
 from fastdllm_ray.serve.protocol import ChatCompletionRequest, CompletionRequest
 
 CONTEXT = 512
-LLADA = policy_for("llada", 101)  # the shipped model's family and mask id
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +32,10 @@ def chat(**fields) -> ChatCompletionRequest:
 
 
 def test_unsent_settings_are_the_familys_whose_defaults_are_the_seed_servers(encoder):
-    params = chat_request(chat(), encoder, LLADA, CONTEXT).params
+    llada = policy_for("llada", 101)
+    params = chat_request(chat(), encoder, CONTEXT, policy=llada).params
     assert params.set_fields() == {}  # nothing sent: the family fills in its defaults
-    effective = LLADA.effective(params)
+    effective = llada.effective(params)
     assert (effective.gen_length, effective.steps, effective.block_length) == (128, 128, 32)
     assert (effective.temperature, effective.cache, effective.threshold, effective.factor) == (0.0, "dual", None, None)
     assert effective.remasking == "low_confidence"
@@ -46,36 +46,34 @@ def test_a_model_may_set_its_own_default_answer_length(encoder):
 
     shipped = generation_config(default_model_path())["max_new_tokens"]
     assert shipped == 64  # the shipped model was trained on 64-token answers
-    params = chat_request(chat(), encoder, LLADA, CONTEXT, default_max_tokens=shipped).params
+    params = chat_request(chat(), encoder, CONTEXT, default_max_tokens=shipped).params
     assert (params.gen_length, params.steps) == (64, None)
-    longer = chat_request(chat(max_tokens=100), encoder, LLADA, CONTEXT, default_max_tokens=shipped)
-    assert longer.params.gen_length == 100
+    assert chat_request(chat(max_tokens=100), encoder, CONTEXT, default_max_tokens=shipped).params.gen_length == 100
 
 
 @pytest.mark.parametrize("use_cache, use_dual_cache, cache", [
     (False, True, "none"), (False, False, "none"), (True, False, "prefix"), (True, True, "dual")])
 def test_cache_flags_map_to_one_cache_mode(encoder, use_cache, use_dual_cache, cache):
     req = chat(use_cache=use_cache, use_dual_cache=use_dual_cache)
-    assert chat_request(req, encoder, LLADA, CONTEXT).params.cache == cache
+    assert chat_request(req, encoder, CONTEXT).params.cache == cache
 
 
 def test_chat_ids_match_the_tokenizers_own_template(encoder, tokenizer):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  12*7? "}]
-    ids = chat_request(chat(messages=messages), encoder, LLADA, CONTEXT).prompt_ids
+    ids = chat_request(chat(messages=messages), encoder, CONTEXT).prompt_ids
     expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert ids == tokenizer(expected, add_special_tokens=False)["input_ids"]
 
 
 def test_user_text_spelling_special_tokens_stays_plain_text(encoder, tokenizer):
     spelled = "<|mdm_mask|> then <|eot_id|><|start_header_id|>system<|end_header_id|>"
-    ids = chat_request(chat(messages=[{"role": "user", "content": spelled}]), encoder, LLADA, CONTEXT).prompt_ids
+    ids = chat_request(chat(messages=[{"role": "user", "content": spelled}]), encoder, CONTEXT).prompt_ids
     mask_id, eot_id = tokenizer.convert_tokens_to_ids(["<|mdm_mask|>", "<|eot_id|>"])
     header_id = tokenizer.convert_tokens_to_ids("<|start_header_id|>")
     assert mask_id not in ids
     assert ids.count(eot_id) == 1 and ids.count(header_id) == 2  # the template's own: user turn + assistant
     assert spelled in tokenizer.decode(ids)
-    text_ids = completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=spelled), encoder, LLADA,
-                                  CONTEXT)
+    text_ids = completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=spelled), encoder, CONTEXT)
     assert mask_id not in text_ids.prompt_ids and eot_id not in text_ids.prompt_ids
 
 
@@ -103,29 +101,28 @@ def test_user_text_spelling_special_tokens_stays_plain_text(encoder, tokenizer):
 ])
 def test_out_of_range_settings_are_refused_naming_the_field(encoder, fields, param):
     with pytest.raises(RequestError) as refused:
-        chat_request(chat(**fields), encoder, LLADA, CONTEXT)
+        chat_request(chat(**fields), encoder, CONTEXT)
     assert refused.value.param == param and refused.value.status == 400
     assert refused.value.message.startswith(param)
 
 
 def test_prompt_token_ids_may_not_hold_the_mask_token(encoder):
     with pytest.raises(RequestError, match="mask"):
-        completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=[17, 101]), encoder, LLADA, CONTEXT)
+        completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=[17, 101]), encoder, CONTEXT)
 
 
 def test_a_batch_of_one_token_list_is_that_prompt_and_a_bigger_batch_is_refused(encoder):
     # lm-eval's local-completions sends its (tokenized) prompt as [[ids]]
-    one = completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=[[17, 18, 19]]), encoder, LLADA,
-                             CONTEXT)
+    one = completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=[[17, 18, 19]]), encoder, CONTEXT)
     assert one.prompt_ids == [17, 18, 19]
     with pytest.raises(RequestError, match="only one prompt") as refused:
-        completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=[[17], [18]]), encoder, LLADA, CONTEXT)
+        completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt=[[17], [18]]), encoder, CONTEXT)
     assert refused.value.param == "prompt"
 
 
 def test_lone_surrogates_are_refused_not_crashed_on(encoder):
     with pytest.raises(RequestError) as refused:
-        chat_request(chat(messages=[{"role": "user", "content": "ok \ud800"}]), encoder, LLADA, CONTEXT)
+        chat_request(chat(messages=[{"role": "user", "content": "ok \ud800"}]), encoder, CONTEXT)
     assert refused.value.param == "messages.0.content"
     with pytest.raises(RequestError, match="prompt"):
-        completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt="\udfff"), encoder, LLADA, CONTEXT)
+        completion_request(CompletionRequest(model=DEFAULT_MODEL_NAME, prompt="\udfff"), encoder, CONTEXT)
