@@ -25,8 +25,8 @@ from fastdllm_ray.serve import protocol as p
 from fastdllm_ray.serve.config import AppConfig
 from fastdllm_ray.serve.convert import EngineRequest, RequestError, chat_request, completion_request
 from fastdllm_ray.serve.errors import GuardMiddleware, install_error_handlers, sse
-from fastdllm_ray.serve.metrics import IngressMetrics, RequestFateMetrics
 from fastdllm_ray.serve.health import algorithms_body, health_body
+from fastdllm_ray.serve.metrics import IngressMetrics, RequestFateMetrics
 from fastdllm_ray.serve.models import ModelRouter, ServedModel
 from fastdllm_ray.serve.playground import playground_file
 from fastdllm_ray.serve.steps import StepChunks
