@@ -191,7 +191,8 @@ def block_diffusion_url(base_url):
 
 
 @pytest.mark.parametrize("model, settings, fields", [
-    ("tiny-v2", {"threshold": "0.9", "sub_block_length": "8", "block_cache": "true"}, {"sub_block_length", "block_cache"}),
+    ("tiny-v2", {"threshold": "0.9", "sub_block_length": "8", "block_cache": "true"},
+     {"sub_block_length", "block_cache"}),
     ("tiny-llada2", {"steps_per_block": "8"}, {"steps_per_block"}),
 ])
 def test_a_block_diffusion_answer_grows_a_row_per_block(browser, block_diffusion_url, model, settings, fields):

@@ -43,8 +43,9 @@ class Family:
     default_algorithm: str
 
 
-SHARED_FOREIGN = [({"steps": 32}, "steps"), ({"use_cache": True}, "use_cache"), ({"use_dual_cache": False}, "use_cache"),
-                  ({"factor": 1.0}, "factor"), ({"remasking": "random"}, "remasking"), ({"alg": "entropy"}, "alg")]
+SHARED_FOREIGN = [({"steps": 32}, "steps"), ({"use_cache": True}, "use_cache"),
+                  ({"use_dual_cache": False}, "use_cache"), ({"factor": 1.0}, "factor"),
+                  ({"remasking": "random"}, "remasking"), ({"alg": "entropy"}, "alg")]
 FAMILIES = {f.name: f for f in (
     Family("tiny-v2", TINY_V2, "Fast-dLLM v2", "Fast_dLLM_Qwen", ["block_cache", "sub_block_length", "top_p"],
            own=[{"threshold": 0.9, "sub_block_length": 8, "block_cache": True}, {"sub_block_length": 4},
@@ -54,11 +55,13 @@ FAMILIES = {f.name: f for f in (
            bad=[({"sub_block_length": 12}, "sub_block_length"), ({"threshold": 1.5}, "threshold"),
                 ({"max_tokens": 16}, "max_tokens"), ({"generation_algorithm": "dual_cache"}, "generation_algorithm"),
                 ({"generation_algorithm": "basic", "block_cache": True}, "generation_algorithm")],
-           algorithms={"basic": {"block_cache": False}, "block_cache": {"block_cache": True}}, default_algorithm="basic"),
+           algorithms={"basic": {"block_cache": False}, "block_cache": {"block_cache": True}},
+           default_algorithm="basic"),
     Family("tiny-llada2", TINY_LLADA2, "LLaDA2.0", "llada2_moe", ["steps_per_block", "top_k", "top_p"],
            own=[{"steps_per_block": 8}, {"threshold": 0.5, "steps_per_block": 4}, {"threshold": 1.0},
                 {"block_length": 16, "steps_per_block": 16}, {"top_k": 5, "top_p": 0.9}, {}],
-           foreign=[*SHARED_FOREIGN, ({"sub_block_length": 8}, "sub_block_length"), ({"block_cache": True}, "block_cache")],
+           foreign=[*SHARED_FOREIGN, ({"sub_block_length": 8}, "sub_block_length"),
+                    ({"block_cache": True}, "block_cache")],
            bad=[({"steps_per_block": 0}, "steps_per_block"), ({"threshold": 0.0}, "threshold"),
                 ({"generation_algorithm": "dual_cache"}, "generation_algorithm")],
            algorithms={"default": {}}, default_algorithm="default"),
