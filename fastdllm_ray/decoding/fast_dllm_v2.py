@@ -54,6 +54,7 @@ class V2State:
     start: int = 0  # its first position in the sequence
     sub: int = 0  # the sub-block being decoded
     first_new: int = 0  # its first position holding a generated (not prompt, not carried) id
+    computed: int = 0  # leading positions whose K/V are final (cached, prefilled, stored)
     view: list[int] = field(default_factory=list)  # its tokens as the last forward left them
 
 
@@ -138,13 +139,17 @@ class FastDLLMV2Policy(DecodingPolicy):
         return whole - bs if whole and whole == seq.prompt_len else whole
 
     def admitted(self, seq) -> None:
-        if seq.state.phase == PREFILL and seq.cached_len >= seq.state.start:  # the cache holds the prefill
-            seq.state.phase = BLOCK
+        """A prefill that predicts nothing (the prompt does not end on a block) is not a forward of
+        its own: it runs in the first block's first forward (one block-causal row), or the cache
+        holds it whole. Either way one forward fewer than the reference, counted apart."""
+        state = seq.state
+        state.computed = seq.cached_len
+        if state.phase == PREFILL and seq.prompt_len != state.start:
+            state.phase = BLOCK
             seq.forwards_saved += 1
 
     def final_prefix(self, seq) -> int:
-        state = seq.state
-        return seq.cached_len if state.phase == PREFILL else state.start
+        return seq.state.computed
 
     def new_state(self, seq) -> V2State:
         bs = seq.params.block_length
@@ -181,6 +186,8 @@ class FastDLLMV2Policy(DecodingPolicy):
                               p.temperature, shift=1, top_p=p.top_p)
         if p.block_cache and state.step > 0 and state.view[state.sub * sbs] != self.mask_id:
             return RowPlan(sub_start, sbs, end, 0, sub_start, sbs, columns, "sub_block")
+        if state.computed < state.start:  # the prompt's whole blocks not computed yet: block-causal with them
+            return RowPlan(state.computed, end - state.computed, end, bs, sub_start, sbs, columns, "prefill_block")
         return RowPlan(state.start, bs, end, 0, sub_start, sbs, columns, "block")
 
     @staticmethod
@@ -191,6 +198,7 @@ class FastDLLMV2Policy(DecodingPolicy):
         state, p = seq.state, seq.params
         state.step += 1
         stops = end_ids if p.stop_at_eos else frozenset()
+        state.computed = max(state.computed, state.start)  # the prefill (or the block stored) is final
         if state.phase == BLOCK:
             offset = state.sub * p.sub_block_length
             state.view[offset:offset + len(outcome.tokens)] = outcome.tokens
@@ -209,6 +217,7 @@ class FastDLLMV2Policy(DecodingPolicy):
         if state.phase == STORE:
             state.block += 1
             state.start += p.block_length
+            state.computed = state.start  # the block's K/V just stored
         state.phase, state.step = BLOCK, 0
         if carried is None:  # a prefill that carries nothing: the first block starts with the prompt's tail
             return Advance([])
