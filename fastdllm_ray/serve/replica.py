@@ -59,7 +59,8 @@ class EngineReplica:
         engine = Engine(model, EngineConfig(max_num_seqs=settings.max_num_seqs,
                                             max_model_len=settings.max_model_len,
                                             max_queue=settings.max_queue, seed=self.config.seed,
-                                            page_size=settings.page_size, num_pages=settings.num_pages))
+                                            page_size=settings.page_size, num_pages=settings.num_pages,
+                                            prefix_sharing=settings.prefix_sharing))
         warm_s = engine.warm_up() if settings.warm_up else 0.0
         self.engine = AsyncEngine(engine)
         try:
@@ -110,7 +111,11 @@ class EngineReplica:
             "tokens_per_forward": s.tokens_per_forward, "cache_hit_rate": s.cache_hit_rate,
             "finished": dict(s.finished), "loop_failures": self.engine.loop_failures,
             "max_model_len": engine.max_model_len, "graph_captures": s.graph_captures,
-            "kv_cache_usage": s.kv_cache_usage,
+            "kv_cache_usage": s.kv_cache_usage, "replica": self.replica_id,
+            # prefix sharing (block-diffusion models; zeros elsewhere)
+            "prefix_sharing": engine.sharing, "prompt_tokens": s.prompt_tokens,
+            "cached_prompt_tokens": s.cached_prompt_tokens, "prefix_cache_hit_rate": s.prefix_cache_hit_rate,
+            "forwards_saved": s.forwards_saved, "cached_pages": s.cached_pages, "evictions": s.evictions,
         }
 
     def check_health(self) -> None:
