@@ -12,6 +12,11 @@ a one-token decode step of the same network over the same N kept positions, at b
     PYTHONPATH=. python3 benchmarks/gpu.py --out BENCHMARKS.md --plot benchmarks/gpu_throughput.png
     PYTHONPATH=. python3 benchmarks/gpu.py --shape dream-7b
     PYTHONPATH=. python3 benchmarks/gpu.py --shape fast-dllm-v2-7b --configs block:1:128:256,block:32:128:256 --decode-vs-block 1024
+    PYTHONPATH=. python3 benchmarks/gpu.py --shape llada2-mini --configs quota:1:128:256,quota:32:128:256
+
+LLaDA2.0 (`quota`: threshold 1, one position a step) is a mixture of experts: its floor counts
+the weights a step reads, every weight but the routed experts plus the experts its tokens route
+to (step_weight_bytes), and the FLOPs of the experts a token runs.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from fastdllm_ray import Engine, EngineConfig, GenerationParams
 from fastdllm_ray.model import DiffusionTransformer, DreamConfig, DreamModel, LLaDAConfig, LLaDAModel, PagedForward
 from fastdllm_ray.model import PagedKVCache
 from fastdllm_ray.model.fast_dllm_v2 import FastDLLMV2Config, FastDLLMV2Model
+from fastdllm_ray.model.llada2 import LLaDA2Model
+from fastdllm_ray.model.llada2_config import LLaDA2Config
 from fastdllm_ray.model.paged_attention import PagedBatch, query_tiles
 
 LLADA_8B = LLaDAConfig(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288,
@@ -41,17 +48,30 @@ DREAM_7B = DreamConfig(d_model=3584, n_heads=28, n_kv_heads=4, n_layers=28, mlp_
 FAST_DLLM_V2_7B = FastDLLMV2Config(d_model=3584, n_heads=28, n_kv_heads=4, n_layers=28, mlp_hidden_size=18944,
                                    vocab_size=152064, max_sequence_length=4096, mask_token_id=151665,
                                    eos_token_id=151645, rope_theta=1000000.0, bd_size=32)
+# inclusionAI/LLaDA2.0-mini: 16B parameters, 256 experts of 512 per MoE layer, 8 per token (1.4B active)
+LLADA2_MINI = LLaDA2Config.from_dict({
+    "model_type": "llada2_moe", "hidden_size": 2048, "num_attention_heads": 16, "num_key_value_heads": 4,
+    "head_dim": 128, "num_hidden_layers": 20, "intermediate_size": 5120, "moe_intermediate_size": 512,
+    "num_experts": 256, "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4, "num_shared_experts": 1,
+    "first_k_dense_replace": 1, "routed_scaling_factor": 2.5, "partial_rotary_factor": 0.5, "vocab_size": 157184,
+    "max_position_embeddings": 8192, "mask_token_id": 156895, "eos_token_id": 156892, "rope_theta": 600000})
 SHAPES = {"llada-8b": ("LLaDA-8B", LLADA_8B, LLaDAModel), "dream-7b": ("Dream-7B", DREAM_7B, DreamModel),
-          "fast-dllm-v2-7b": ("Fast-dLLM-v2-7B", FAST_DLLM_V2_7B, FastDLLMV2Model)}
+          "fast-dllm-v2-7b": ("Fast-dLLM-v2-7B", FAST_DLLM_V2_7B, FastDLLMV2Model),
+          "llada2-mini": ("LLaDA2.0-mini", LLADA2_MINI, LLaDA2Model)}
 DEFAULT_AGREEMENT = {"llada-8b": "tests/fixtures/refdata/checkpoint,fastdllm_ray/assets/tiny-llada-arith",
                      "dream-7b": "tests/fixtures/refdata-dream/checkpoint",
-                     "fast-dllm-v2-7b": "tests/fixtures/refdata-v2/checkpoint"}
+                     "fast-dllm-v2-7b": "tests/fixtures/refdata-v2/checkpoint",
+                     "llada2-mini": "tests/fixtures/refdata-llada2/checkpoint"}
 BLOCK_DIFFUSION_CACHES = {"block": False, "blockcache": True}  # v2: its block cache off / on
 
 
 def params_for(cache: str, gen: int, block: int) -> GenerationParams:
-    """One token committed per forward: LLaDA/Dream's fixed schedule of gen steps, or v2 at
-    threshold 1 (its most confident position only)."""
+    """One token committed per forward: LLaDA/Dream's fixed schedule of gen steps, v2 at
+    threshold 1 (its most confident position only), LLaDA2.0 (`quota`) at threshold 1 with a
+    quota of one a step."""
+    if cache == "quota":
+        return GenerationParams(gen_length=gen, block_length=block, threshold=1.0, steps_per_block=block,
+                                stop_at_eos=False)
     if cache in BLOCK_DIFFUSION_CACHES:
         return GenerationParams(gen_length=gen, block_length=block, block_cache=BLOCK_DIFFUSION_CACHES[cache],
                                 threshold=1.0, stop_at_eos=False)
@@ -99,13 +119,38 @@ def weight_bytes(model: DiffusionTransformer) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p is not skip)
 
 
+def step_weight_bytes(model: DiffusionTransformer, tokens: int) -> int:
+    """Weight bytes a forward of `tokens` tokens reads: every weight but the routed experts, plus
+    the experts its tokens route to (counted by routing that many random tokens through the
+    model: with random weights routing is near uniform, so this is the expected touched set)."""
+    experts = [m for m in model.modules() if type(m).__name__ == "GroupedExperts"]
+    if not experts:
+        return weight_bytes(model)
+    touched: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: touched.append(out[0].unique().numel()))
+             for m in model.modules() if type(m).__name__ == "Router"]
+    with torch.inference_mode():
+        model(torch.randint(0, 120000, (1, tokens), device="cuda"))
+    for hook in hooks:
+        hook.remove()
+    per_expert = sum(p[0].numel() * p.element_size() for p in experts[0].parameters())
+    all_experts = sum(p.numel() * p.element_size() for m in experts for p in m.parameters())
+    return weight_bytes(model) - all_experts + per_expert * sum(touched)
+
+
 def forward_cost(cfg, batch: int, q_len: int, kv_len: int, n_logits: int, weights: int):
     """(bytes, flops) of one batched forward: weights + K/V read; matmuls + attention.
     K/V are n_kv_heads x head_dim wide (grouped-query attention: narrower than d_model)."""
     kv_dim = cfg.n_kv_heads * cfg.head_dim
-    per_token_linear = 2 * cfg.d_model**2 + 2 * cfg.d_model * kv_dim + 3 * cfg.d_model * cfg.mlp_hidden_size
+    mlp = cfg.mlp_hidden_size
+    if hasattr(cfg, "num_experts"):  # a mixture of experts: a token runs its experts and the shared one
+        moe_layers = cfg.n_layers - cfg.first_k_dense_replace
+        active = (cfg.num_experts_per_tok + cfg.num_shared_experts) * cfg.moe_intermediate_size
+        mlp = (cfg.first_k_dense_replace * mlp + moe_layers * active) / cfg.n_layers
+    q_dim = cfg.n_heads * cfg.head_dim
+    per_token_linear = 2 * cfg.d_model * q_dim + 2 * cfg.d_model * kv_dim + 3 * cfg.d_model * mlp
     flops = 2 * batch * (q_len * per_token_linear * cfg.n_layers + n_logits * cfg.d_model * cfg.embedding_size)
-    flops += 4 * batch * cfg.n_layers * q_len * kv_len * cfg.d_model
+    flops += 4 * batch * cfg.n_layers * q_len * kv_len * q_dim
     kv_bytes = batch * kv_len * cfg.n_layers * 2 * kv_dim * 2
     return weights + kv_bytes, flops
 
@@ -160,11 +205,10 @@ def run_config(model, floors, cache, batch, prompt, gen, variant="compiled", blo
             break
     elapsed = time.perf_counter() - start
     nfe = engine.stats.rows // batch
-    weights = weight_bytes(model)
     kv = prompt + gen
-    step_queries = block if cache in ("dual", *BLOCK_DIFFUSION_CACHES) else kv // 2
-    s_bytes, s_flops = forward_cost(cfg, batch, step_queries, kv, block, weights)
-    f_bytes, f_flops = forward_cost(cfg, batch, kv, kv, block, weights)
+    step_queries = block if cache in ("dual", "quota", *BLOCK_DIFFUSION_CACHES) else kv // 2
+    s_bytes, s_flops = forward_cost(cfg, batch, step_queries, kv, block, step_weight_bytes(model, batch * step_queries))
+    f_bytes, f_flops = forward_cost(cfg, batch, kv, kv, block, step_weight_bytes(model, batch * kv))
     floor = lambda b, f: 1e3 * max(b / floors["bandwidth"], f / floors["flops"])  # noqa: E731
     median = lambda xs: sorted(xs)[len(xs) // 2] * 1e3 if xs else float("nan")  # noqa: E731
     return Run(variant, cache, batch, prompt, gen, committed / elapsed, median(times["full"]), median(times["step"]),

@@ -4,9 +4,12 @@ the same `build_app` as `serve run deployments/<name>.yaml`; blocks until Ctrl-C
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import time
 
 DEFAULT_APP_NAME = "fastdllm"
+DEFAULT_METRICS_PORT = 8080  # Ray's metrics export port on our KubeRay pods and in Ray's docs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-playground", action="store_true", help="do not serve the web page at /playground")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS or a new local one)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray cluster")
+    parser.add_argument("--metrics-port", type=int,
+                        help=f"Ray's metrics export port of a new local cluster (default {DEFAULT_METRICS_PORT}; "
+                             "a cluster given by --address keeps its own)")
     parser.set_defaults(func=run)
 
 
@@ -61,6 +67,52 @@ def start(config, host: str = "127.0.0.1", port: int = 8000, app_name: str = DEF
     return f"http://{shown}:{port}"
 
 
+def cluster_address(args: argparse.Namespace) -> str | None:
+    """The Ray cluster to join (as ray.init reads it), or None for a new local one."""
+    return args.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def metrics_port_of(args: argparse.Namespace) -> int | None:
+    """The metrics export port to give a new local cluster (None: joining one), checked free:
+    Ray itself, given a taken port, fails 30 s later with a node start-up timeout that names
+    no port."""
+    if cluster_address(args):
+        if args.metrics_port is not None:
+            raise SystemExit("--metrics-port: sets the port of a cluster this command starts; a cluster given by "
+                             "--address or $RAY_ADDRESS has its own (`ray start --metrics-export-port`)")
+        return None
+    port = DEFAULT_METRICS_PORT if args.metrics_port is None else args.metrics_port
+    if not 1 <= port <= 65535:
+        raise SystemExit(f"--metrics-port: {port} is not a TCP port (1-65535)")
+    with socket.socket() as probe:  # bound as Ray's exporter binds it: every interface, SO_REUSEADDR
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # so a closed server's TIME_WAIT is no refusal
+        try:
+            probe.bind(("", port))
+        except OSError as exc:
+            raise SystemExit(f"--metrics-port: port {port} is taken ({exc.strerror}); another Ray cluster or "
+                             "server holds it. Choose a free one: fastdllm-ray serve --metrics-port <port>") from None
+    return port
+
+
+def node_metrics_url(local: bool) -> str | None:
+    """Ray's exporter of the node this process runs on (the one Ray reports, not the one asked for)."""
+    import ray
+
+    from fastdllm_ray.serve.metrics_proxy import exporter_address
+
+    try:  # a line of the banner: never worth failing a deployed server for
+        node_id = ray.get_runtime_context().get_node_id()
+        node = next((n for n in ray.nodes() if n["NodeID"] == node_id), None)
+    except Exception:
+        return None
+    address = exporter_address(node) if node else None
+    if address is None:
+        return None
+    if local:  # it listens on loopback too; shown like the API's address
+        address = f"127.0.0.1:{address.rsplit(':', 1)[1]}"
+    return f"http://{address}/metrics"
+
+
 def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
@@ -69,14 +121,21 @@ def run(args: argparse.Namespace) -> int:
     from fastdllm_ray.serve.replica import served_model_name
 
     config = config_from_args(args)
-    if not args.address:  # a new local cluster: its processes inherit these
+    address, metrics_port = cluster_address(args), metrics_port_of(args)
+    if address is None:  # a new local cluster: its processes inherit these
         apply_serve_env_defaults()
-    ray.init(address=args.address, num_cpus=args.num_cpus if not args.address else None)
+        ray.init(address="local", num_cpus=args.num_cpus, _metrics_export_port=metrics_port)
+    else:
+        ray.init(address=address)
     try:  # Ctrl-C may come while the app is still deploying: it stops that too
         url = start(config, args.host, args.port)
         auth = " (bearer key required)" if config.api_keys else ""
         if config.playground:
             print(f"playground: {url}/playground", flush=True)
+        print(f"metrics: {url}/metrics (the app's series from every node; no key needed)", flush=True)
+        ray_metrics = node_metrics_url(local=address is None)
+        if ray_metrics:
+            print(f"ray metrics: {ray_metrics} (Ray's exporter of this node: every series it holds)", flush=True)
         print(f"serving {served_model_name(config)!r} at {url}/v1{auth}; Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)

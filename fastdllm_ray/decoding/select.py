@@ -4,8 +4,10 @@ Per position: the predicted token x0 (argmax, after float64 Gumbel noise when th
 temperature is > 0) and its confidence (float64 softmax probability of x0, or a uniform
 random rank under remasking='random'). Per row, the number of masked positions to commit:
 fixed count, threshold (all >= threshold, at least one), capped threshold (the same, at most
-the fixed count: Dream's confidence_threshold) or factor (largest n whose n-th confidence
->= 1 - factor/(n+1), at least one; all when only the last fails, as the reference does).
+the fixed count: Dream's confidence_threshold), factor (largest n whose n-th confidence
+>= 1 - factor/(n+1), at least one; all when only the last fails, as the reference does) or
+quota threshold (all >= threshold when they are at least the fixed count, else the fixed count:
+LLaDA2.0's rule).
 The committed ones are the most confident masked positions.
 """
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 RULE_FIXED, RULE_THRESHOLD, RULE_FACTOR, RULE_CAPPED_THRESHOLD = 0, 1, 2, 3
+RULE_QUOTA_THRESHOLD = 4
 
 
 @dataclass
@@ -78,6 +81,8 @@ def commit_counts(sorted_conf: torch.Tensor, masked_count: torch.Tensor, rules: 
     # with a Python float
     above = (sorted_conf >= rules.threshold[:, None].to(sorted_conf.dtype)) & valid
     by_threshold = above.sum(dim=1).clamp(min=1)
+    # LLaDA2.0: every one above the threshold if they make the step's quota, else the quota
+    above_or_quota = torch.maximum(above.sum(dim=1), rules.fixed_count)
 
     bar = 1.0 - rules.factor[:, None] / (index[None, :] + 2).double()
     passes = ((sorted_conf >= bar) | (index[None, :] == 0)) & valid
@@ -87,6 +92,7 @@ def commit_counts(sorted_conf: torch.Tensor, masked_count: torch.Tensor, rules: 
     count = torch.where(rules.rule == RULE_THRESHOLD, by_threshold, rules.fixed_count)
     count = torch.where(rules.rule == RULE_FACTOR, by_factor, count)
     count = torch.where(rules.rule == RULE_CAPPED_THRESHOLD, torch.minimum(by_threshold, rules.fixed_count), count)
+    count = torch.where(rules.rule == RULE_QUOTA_THRESHOLD, above_or_quota, count)
     return torch.minimum(count, masked_count)
 
 

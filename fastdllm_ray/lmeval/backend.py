@@ -27,6 +27,7 @@ from tqdm import tqdm
 from fastdllm_ray.lmeval import MODEL_NAME
 from fastdllm_ray.lmeval.decode import Job, run_jobs
 from fastdllm_ray.lmeval.likelihood import mc_loglikelihood, request_generator
+from fastdllm_ray.decoding import policy_for
 from fastdllm_ray.lmeval.parallel import DataParallel
 from fastdllm_ray.lmeval.settings import parse_model_args, request_settings
 from fastdllm_ray.model import default_model_path, load_model, load_tokenizer
@@ -46,6 +47,7 @@ class FastDLLMLM(TemplateLM):
         self.pretrained = str(self.options.pretrained or default_model_path())
         self.model = load_model(self.pretrained, device=self._device, dtype=self.options.dtype)
         self.tokenizer = load_tokenizer(self.pretrained)
+        self.policy = policy_for(self.model.config.model_type)
         context = self.model.config.max_sequence_length
         self.max_length = min(self.options.max_length or context, context)
 
@@ -95,7 +97,7 @@ class FastDLLMLM(TemplateLM):
         return texts
 
     def _generation_job(self, context: str, gen_kwargs: dict) -> Job:
-        params, stops = request_settings(self.decoding, gen_kwargs)
+        params, stops = request_settings(self.decoding, gen_kwargs, fill_steps="steps" in self.policy.accepts)
         room = self.max_length - params.padded_gen_length
         if room < 1:
             raise ValueError(f"gen_length: {params.padded_gen_length} answer tokens leave no room for a prompt "
@@ -103,6 +105,10 @@ class FastDLLMLM(TemplateLM):
         return Job(self.tok_encode(context)[-room:], params, stops)  # keep the end of a long prompt
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        if self.policy.shares_prefix:
+            raise NotImplementedError(f"fastdllm: loglikelihood is LLaDA's Monte Carlo estimate over a whole-canvas "
+                                      f"model; {self.policy.family} (block diffusion) has no estimator here yet: "
+                                      "use generate_until tasks")
         pairs = [self._fit(context, continuation) for _, context, continuation in requests]
         scores = []
         for prefix, target in tqdm(pairs, desc="fastdllm loglikelihood", disable=disable_tqdm or self.rank != 0):

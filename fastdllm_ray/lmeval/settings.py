@@ -16,7 +16,8 @@ from fastdllm_ray.params import CACHE_MODES, GenerationParams
 # Fast-dLLM settings: model_args set them for the run; a request's gen_kwargs may override them
 # (the same `--gen_kwargs` string then means the same thing here and through the server)
 DECODING_FIELDS = ("cache", "use_cache", "use_dual_cache", "dual_cache", "threshold", "factor", "steps",
-                   "block_length", "gen_length", "temperature", "remasking")
+                   "block_length", "gen_length", "temperature", "remasking", "alg", "top_p", "top_k",
+                   "sub_block_length", "block_cache", "steps_per_block")
 _CACHE_FLAGS = ("use_cache", "use_dual_cache", "dual_cache")  # server / Fast-dLLM eval_llada.py names
 _REQUEST_FIELDS = ("until", "max_gen_toks", "do_sample")  # what lm-eval tasks put in gen_kwargs
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's own default when a task names none
@@ -25,16 +26,24 @@ DEFAULT_BATCH_SIZE = 32  # live sequences for `--batch_size auto`
 
 @dataclass(frozen=True)
 class Decoding:
-    """A run's Fast-dLLM settings; None where the request (or one token per step) decides."""
+    """A run's decoding settings; None where the request, the model's family or (for a family
+    with `steps`) one token per step decides. Which fields apply depends on the model's family
+    (GenerationParams); the engine refuses the others by name."""
 
-    cache: str = "dual"
+    cache: Optional[str] = None
     threshold: Optional[float] = None
     factor: Optional[float] = None
     steps: Optional[int] = None  # None: one token per step (steps = the padded answer length)
     block_length: int = 32
     gen_length: Optional[int] = None  # None: the task's max_gen_toks
     temperature: float = 0.0
-    remasking: str = "low_confidence"
+    remasking: Optional[str] = None
+    alg: Optional[str] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    sub_block_length: Optional[int] = None
+    block_cache: Optional[bool] = None
+    steps_per_block: Optional[int] = None
 
     def updated(self, fields: dict[str, Any]) -> "Decoding":
         """These settings with `fields` (a subset of DECODING_FIELDS) applied."""
@@ -43,10 +52,12 @@ class Decoding:
         decoding.params(1)  # refuse bad values now, naming the field, not at the first request
         return decoding
 
-    def params(self, max_gen_toks: int) -> GenerationParams:
+    def params(self, max_gen_toks: int, fill_steps: bool = True) -> GenerationParams:
+        """One request's GenerationParams; `fill_steps`: the model's family takes `steps`, and an
+        unset one means one token per step."""
         gen_length = self.gen_length if self.gen_length is not None else max_gen_toks
         steps = self.steps
-        if _positive_int(gen_length) and _positive_int(self.block_length):  # else GenerationParams says why
+        if fill_steps and _positive_int(gen_length) and _positive_int(self.block_length):  # else GenerationParams says why
             padded = -(-gen_length // self.block_length) * self.block_length
             if steps is None:
                 steps = padded
@@ -54,8 +65,9 @@ class Decoding:
                 steps = min(steps, padded)
         return GenerationParams(steps=steps, gen_length=gen_length, block_length=self.block_length,
                                 threshold=self.threshold, factor=self.factor, temperature=self.temperature,
-                                remasking=None if self.remasking == "low_confidence" else self.remasking,
-                                cache=self.cache)
+                                remasking=self.remasking, cache=self.cache, alg=self.alg, top_p=self.top_p,
+                                top_k=self.top_k, sub_block_length=self.sub_block_length,
+                                block_cache=self.block_cache, steps_per_block=self.steps_per_block)
 
 
 def _positive_int(value) -> bool:
@@ -85,8 +97,9 @@ def _cache_mode(fields: dict[str, Any], current: str) -> str:
     return "dual" if flags.get("use_dual_cache", flags.get("dual_cache", True)) else "prefix"
 
 
-def request_settings(decoding: Decoding, gen_kwargs: dict[str, Any]) -> tuple[GenerationParams, tuple[str, ...]]:
-    """(params, stop strings) of one generate_until request."""
+def request_settings(decoding: Decoding, gen_kwargs: dict[str, Any],
+                     fill_steps: bool = True) -> tuple[GenerationParams, tuple[str, ...]]:
+    """(params, stop strings) of one generate_until request (`fill_steps`: see Decoding.params)."""
     kwargs = dict(gen_kwargs or {})
     until = kwargs.pop("until", None)
     stops = (until,) if isinstance(until, str) else tuple(until or ())
@@ -105,7 +118,7 @@ def request_settings(decoding: Decoding, gen_kwargs: dict[str, Any]) -> tuple[Ge
         decoding = decoding.updated(overrides)
     if not _positive_int(max_gen_toks):
         raise ValueError(f"max_gen_toks: {max_gen_toks!r} must be an integer >= 1")
-    return decoding.params(max_gen_toks), stops
+    return decoding.params(max_gen_toks, fill_steps), stops
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from fastdllm_ray.serve.config import AppConfig
 from fastdllm_ray.serve.convert import EngineRequest, RequestError, chat_request, completion_request
 from fastdllm_ray.serve.errors import GuardMiddleware, install_error_handlers, sse
 from fastdllm_ray.serve.metrics import IngressMetrics, RequestFateMetrics
+from fastdllm_ray.serve.metrics_proxy import metrics_response
 from fastdllm_ray.serve.models import ModelRouter, ServedModel
 from fastdllm_ray.serve.playground import playground_file
 from fastdllm_ray.serve.steps import StepChunks
@@ -115,6 +116,10 @@ class OpenAIIngress:
     @app.get("/health")
     async def health(self) -> dict:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_text(self):  # every node's ray_fastdllm_* and ray_serve_* series (metrics_proxy.py)
+        return await metrics_response()
 
     @app.get("/v1/models", response_model=p.ModelList)
     async def models(self) -> p.ModelList:

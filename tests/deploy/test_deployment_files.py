@@ -17,9 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENT_FILES = sorted((ROOT / "deployments").glob("*.yaml"))
 
 
-def test_the_three_documented_deployments_exist():
+GPU_DEPLOYMENTS = ("llada-8b-instruct", "llada-1.5", "dream-7b-instruct", "fast-dllm-v2-7b", "llada2-mini")
+
+
+def test_the_documented_deployments_exist():
     names = {path.stem for path in DEPLOYMENT_FILES}
-    assert {"tiny-cpu", "llada-8b-instruct", "llada-1.5", "dream-7b-instruct"} <= names
+    assert {"tiny-cpu", *GPU_DEPLOYMENTS} <= names
 
 
 @pytest.mark.parametrize("path", DEPLOYMENT_FILES, ids=lambda p: p.stem)
@@ -55,7 +58,7 @@ def test_builder_builds_the_app_the_file_describes(path):
 
 
 def test_gpu_deployments_ask_one_bf16_gpu_per_replica_and_autoscale():
-    for name in ("llada-8b-instruct", "llada-1.5", "dream-7b-instruct"):
+    for name in GPU_DEPLOYMENTS:
         args = load_serve_config(ROOT / "deployments" / f"{name}.yaml")["applications"][0]["args"]
         config = AppConfig.model_validate(args)
         assert (config.device, config.dtype, config.num_gpus_per_replica) == ("cuda", "bfloat16", 1)

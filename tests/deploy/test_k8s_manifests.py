@@ -108,7 +108,8 @@ def test_worker_pods_fit_the_replicas_the_builder_asks_for(stem):
     assert rayservice(stem)["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
 
 
-@pytest.mark.parametrize("stem", ["llada-8b-instruct", "llada-1.5", "dream-7b-instruct"])
+@pytest.mark.parametrize("stem", ["llada-8b-instruct", "llada-1.5", "dream-7b-instruct", "fast-dllm-v2-7b",
+                                  "llada2-mini"])
 def test_gpu_pods_read_the_hf_token_secret_and_cache_volume(stem):
     claim = yaml.safe_load((K8S / "hf-cache-pvc.yaml").read_text())["metadata"]["name"]
     secret = yaml.safe_load((K8S / "hf-token-secret.example.yaml").read_text())

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastdllm_ray.decoding import policy_for
 from fastdllm_ray import Engine, EngineConfig, load_model
 from tests.engine.test_engine_scheduling import run_to_end
 from tests.engine.test_reference_exactness import params_of
@@ -22,8 +23,14 @@ REFDATA = Path(__file__).parents[1] / "fixtures/refdata"
 CASES = json.loads((REFDATA / "reference.json").read_text())["cases"]
 
 
+def longest_of(model, prompts, params) -> int:
+    """Positions the longest request needs, by its family's rules."""
+    policy = policy_for(model.config.model_type, model.config.mask_token_id)
+    return max(policy.total_len(len(p), policy.effective(q)) for p, q in zip(prompts, params))
+
+
 def run(model, prompts, params, **config) -> list:
-    longest = max(len(p) + q.padded_gen_length for p, q in zip(prompts, params))
+    longest = longest_of(model, prompts, params)
     engine = Engine(model, EngineConfig(max_num_seqs=len(prompts), max_model_len=longest,
                                         max_queue=len(prompts), **config))
     ids = [engine.add_request(p, q) for p, q in zip(prompts, params)]
@@ -34,7 +41,7 @@ def run(model, prompts, params, **config) -> list:
 def run_staggered(model, prompts, params, every: int, warm_up: bool = False, **config) -> list:
     """Adds request i at engine step i * every (later ones join mid-run), with fewer seats than
     requests so some also wait for a seat; returns the results in request order."""
-    longest = max(len(p) + q.padded_gen_length for p, q in zip(prompts, params))
+    longest = longest_of(model, prompts, params)
     engine = Engine(model, EngineConfig(max_num_seqs=8, max_model_len=longest, max_queue=len(prompts), **config))
     if warm_up:
         engine.warm_up(block_length=8)

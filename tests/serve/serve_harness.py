@@ -1,14 +1,20 @@
 """Serving test harness: a local Ray cluster and an app per test module, started the way
-`fastdllm-ray serve` starts it (commands.serve.start -> build_app), on free ports."""
+`fastdllm-ray serve` starts it (commands.serve.start -> build_app), on free ports; or the
+`fastdllm-ray serve` command itself in its own process; and reading Ray's Prometheus text."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from tests.net import free_port
 
 APP_START_TIMEOUT_S = 240  # a busy 2-core machine has taken over 120 s
@@ -36,6 +42,88 @@ def running_app(config, num_cpus: int = 2):
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def cli() -> list[str]:
+    """The `fastdllm-ray` command of this environment."""
+    script = Path(sys.executable).with_name("fastdllm-ray")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fastdllm_ray.cli"]
+
+
+@dataclass
+class CliServer:
+    process: subprocess.Popen
+    url: str  # http://127.0.0.1:<port>
+    log: Path  # everything the command printed
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@contextmanager
+def cli_server(log: Path, *flags: str):
+    """`fastdllm-ray serve --port <free> --metrics-port <free> *flags` in its own process (and so
+    its own Ray cluster), as the README runs it; yields once it answers /health and has printed
+    its banner; stops it with Ctrl-C (SIGINT) after. The command's exit code is left in
+    `process.returncode` for the test to check."""
+    port = free_port()
+    out = log.open("w+")  # a file, not a pipe: Ray's logging cannot fill it and block
+    process = subprocess.Popen([*cli(), "serve", "--port", str(port), "--metrics-port", str(free_port()), *flags],
+                               stdout=out, stderr=subprocess.STDOUT, text=True)
+    server = CliServer(process, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + APP_START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, server.output()
+            assert time.monotonic() < deadline, "the server did not come up"
+            try:
+                if httpx.get(f"{server.url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        while "Ctrl-C stops" not in server.output():  # deployed: the banner is out
+            assert time.monotonic() < deadline, "the server did not say it was serving"
+            time.sleep(0.5)
+        yield server
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        finally:
+            out.close()
+
+
+def scrape(url: str) -> dict[str, list]:
+    """The fastdllm samples of a Prometheus text endpoint, by sample name."""
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+        for sample in family.samples:
+            if "fastdllm" in sample.name:
+                samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def total(samples: dict, name: str, **labels) -> float:
+    """The sum of one sample name's values over the samples whose labels match."""
+    return sum(s.value for s in samples.get(name, [])
+               if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def cumulative_series(url: str, prefixes: tuple[str, ...]) -> set[tuple]:
+    """(name, labels) of every counter and histogram sample named with one of `prefixes`, after
+    checking that no series is sent twice. Once exported these stay while their process lives,
+    so a later read holds every one an earlier read did; Ray drops a gauge's series two export
+    rounds after its last value, so gauges can come and go."""
+    keys = []
+    for family in text_string_to_metric_families(httpx.get(url, timeout=15).text):
+        keys += [(s.name, tuple(sorted(s.labels.items()))) for s in family.samples
+                 if family.type in ("counter", "histogram") and s.name.startswith(prefixes)]
+    assert len(keys) == len(set(keys)), f"a series twice at {url}"
+    return set(keys)
 
 
 def replica_stats(app_name: str = "fastdllm") -> dict:

@@ -118,6 +118,11 @@ def test_missing_or_wrong_key_gets_401_and_health_stays_open(base_url):
     assert ok.status_code == 200
 
 
+def test_metrics_needs_no_key_like_health(base_url):
+    reply = httpx.get(f"{base_url}/metrics", timeout=30)  # Prometheus scrapes without a secret (README "Metrics")
+    assert reply.status_code == 200 and "fastdllm_metrics_exporter_up{" in reply.text
+
+
 def test_overload_is_refused_with_503_and_retry_after_never_a_hang(base_url):
     slow = chat(max_tokens=128, block_length=32, steps=128, use_cache=False)
 

@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 import pytest
 from openai import AsyncOpenAI
-from prometheus_client.parser import text_string_to_metric_families
 
 from fastdllm_ray import generate, load_model, load_tokenizer
 from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME, default_model_path
 from fastdllm_ray.serve.config import AppConfig
 from fastdllm_ray.serve.convert import PromptEncoder, completion_request
 from fastdllm_ray.serve.protocol import CompletionRequest
-from serve_harness import replica_stats, running_app
+from serve_harness import replica_stats, running_app, scrape, total
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -73,20 +71,6 @@ def test_requests_were_batched(served):
     stats = replica_stats()
     assert stats["max_batch_size"] > 1
     assert sum(stats["finished"].values()) >= len(REQUESTS) and stats["running"] == 0
-
-
-def scrape(url: str) -> dict[str, list]:
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
-        for sample in family.samples:
-            if "fastdllm" in sample.name:
-                samples.setdefault(sample.name, []).append(sample)
-    return samples
-
-
-def total(samples: dict, name: str, **labels) -> float:
-    return sum(s.value for s in samples.get(name, [])
-               if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def test_prometheus_endpoint_serves_the_metrics_with_moved_values(app, served):
