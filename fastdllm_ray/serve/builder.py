@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -21,7 +20,6 @@ from fastdllm_ray.serve.prefix_router import PrefixAffinityRouter, imbalance_for
 from fastdllm_ray.serve.replica import EngineReplica, resolve_model, served_model_name
 
 HEALTH_CHECK_PERIOD_S = 10
-logger = logging.getLogger(__name__)
 
 
 def _cluster_has_gpus() -> bool:
@@ -48,8 +46,8 @@ def resolve_placement(config: AppConfig) -> AppConfig:
 
 @functools.lru_cache(maxsize=None)
 def checkpoint_model_type(model: str) -> Optional[str]:
-    """config.json's model_type of a local checkpoint or hub id (None where it cannot be read): for
-    a hub id that one file is fetched, the weights are the replicas' to fetch."""
+    """config.json's model_type of a local checkpoint, or of a hub id's config.json where this
+    machine's HF cache has it; None otherwise (never a download: the replicas fetch the model)."""
     path = Path(model).expanduser()
     try:
         if path.is_dir():
@@ -57,24 +55,24 @@ def checkpoint_model_type(model: str) -> Optional[str]:
         else:
             from huggingface_hub import hf_hub_download
 
-            config_file = Path(hf_hub_download(model, "config.json"))
+            config_file = Path(hf_hub_download(model, "config.json", local_files_only=True))
         return json.loads(config_file.read_text()).get("model_type")
-    except Exception as exc:  # offline, no such repo, no config: the replicas will say so at start
-        logger.warning("model %s: config.json unreadable (%s: %s); its replicas get Serve's default routing",
-                       model, type(exc).__name__, exc)
+    except Exception:  # not cached, not a hub id, no config: the replicas will know
         return None
 
 
-def shares_prefix(config: AppConfig) -> bool:
-    """Whether the engines of this config share prompt prefixes (the engine's `sharing`): sharing on
-    and a model family whose decoding policy shares (block-diffusion; never LLaDA or Dream)."""
-    if not config.engine.prefix_sharing:
+def routes_by_prefix(config: AppConfig) -> bool:
+    """Whether this config's engines get the prefix router: routing and sharing on, and a family
+    whose decoding policy shares (block-diffusion), or one the builder cannot read offline (then
+    the replicas say whether they share; LLaDA and Dream replicas never do)."""
+    if not (config.prefix_routing and config.engine.prefix_sharing):
         return False
     import fastdllm_ray.decoding  # noqa: F401  (every family registers its policy on import)
     from fastdllm_ray.decoding.policy import registered_policies
 
-    policy = registered_policies().get(checkpoint_model_type(resolve_model(config)))
-    return bool(policy is not None and policy.shares_prefix)
+    model_type = checkpoint_model_type(resolve_model(config))
+    policy = registered_policies().get(model_type)
+    return model_type is None or policy is None or policy.shares_prefix
 
 
 def replica_options(config: AppConfig) -> dict[str, Any]:
@@ -92,10 +90,10 @@ def replica_options(config: AppConfig) -> dict[str, Any]:
         # accepted request may run for up to request_timeout_s (Serve's default waits 20 s)
         "graceful_shutdown_timeout_s": config.request_timeout_s + HEALTH_CHECK_PERIOD_S,
     }
-    if config.prefix_routing and shares_prefix(config):  # else Serve's power of two choices, as ever
+    if routes_by_prefix(config):  # else Serve's power of two choices, as ever
         options["request_router_config"] = RequestRouterConfig(
             request_router_class=PrefixAffinityRouter,
-            request_router_kwargs={"page_size": engine.page_size, "imbalance": imbalance_for(engine.max_num_seqs)})
+            request_router_kwargs={"imbalance": imbalance_for(engine.max_num_seqs)})
     if config.num_replicas is not None:
         options["num_replicas"] = config.num_replicas
     else:

@@ -1,5 +1,7 @@
 """PrefixAffinityRouter: Serve's request router for an engine deployment whose model shares prompt
-prefixes (block-diffusion families: the engine's `sharing`; builder.py installs it only there).
+prefixes (block-diffusion families: the engine's `sharing`). builder.py installs it where the
+checkpoint's family shares, or may (a hub id whose config.json is not on this machine); the
+replicas then say whether they share, and where they do not it is Serve's power of two choices.
 
 The rule. A request goes to the replica that already holds the longest prefix of its prompt (of
 several, the one with the fewest ongoing requests) unless that replica has at least `imbalance`
@@ -34,14 +36,7 @@ from typing import Any, Optional
 
 import numpy as np
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
-from ray.serve.request_router import (
-    LocalityMixin,
-    MultiplexMixin,
-    PendingRequest,
-    ReplicaID,
-    RequestRouter,
-    RunningReplica,
-)
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from fastdllm_ray.engine.page_pool import prefix_keys
 
@@ -99,6 +94,13 @@ def choose_holder(holders: list, ongoing: dict, imbalance: int) -> Optional[Any]
     return best if ongoing[best] - min(ongoing.values()) < imbalance else None
 
 
+def shared_page_size(metadata: list[dict]) -> Optional[int]:
+    """The page size of replicas that all share prefixes (their `record_replica_metadata`), else
+    None: a replica that does not share, or has not said, or two page sizes (a rolling update)."""
+    sizes = {m.get("page_size") if m.get("prefix_sharing") else None for m in metadata}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 def request_keys(pending: Optional[PendingRequest], page_size: int) -> list[bytes]:
     """The page keys of a generate request's prompt (its whole blocks), [] for any other call."""
     if pending is None or pending.metadata.call_method != ROUTED_METHOD or len(pending.args) < 2:
@@ -111,22 +113,29 @@ def request_keys(pending: Optional[PendingRequest], page_size: int) -> list[byte
     return [key for key, _ in prefix_keys(np.asarray(prompt[:whole], dtype=np.int64), page_size, block)]
 
 
-class PrefixAffinityRouter(LocalityMixin, MultiplexMixin, RequestRouter):
-    """The module's rule, as a Serve request router (`request_router_config`). It matches a chosen
-    replica to the request it was chosen for (no FIFOMixin: first-come matching would hand a
-    holder chosen for one prefix to an older request of another)."""
+class PrefixAffinityRouter(PowerOfTwoChoicesRequestRouter):
+    """The module's rule, as a Serve request router (`request_router_config`). Whether the engines
+    share, and their page size, the replicas say once they are ready (`record_replica_metadata`);
+    while any replica does not share (or before they all have said), this is Serve's own power of
+    two choices, unchanged. While they share, a chosen replica goes to the request it was chosen
+    for (Serve's first-come matching would hand a holder chosen for one prefix to an older request
+    of another)."""
 
-    def initialize_state(self, page_size: int = 64, imbalance: int = 1, max_keys: int = MAX_KEYS) -> None:
-        for name, value in (("page_size", page_size), ("imbalance", imbalance)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: must be a whole number >= 1, got {value!r}")
-        self.page_size, self.imbalance = page_size, imbalance
+    def initialize_state(self, imbalance: int = 1, max_keys: int = MAX_KEYS) -> None:
+        if not isinstance(imbalance, int) or imbalance < 1:
+            raise ValueError(f"imbalance: must be a whole number >= 1, got {imbalance!r}")
+        self.imbalance = imbalance
         self.table = PrefixTable(max_keys)
+        self.page_size: Optional[int] = None  # set while every replica shares, with this page size
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        self.page_size = shared_page_size([replica.replica_metadata for replica in replicas])
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: Optional[PendingRequest] = None) -> list[list[RunningReplica]]:
-        fallback = await PowerOfTwoChoicesRequestRouter.choose_replicas(self, candidate_replicas, pending_request)
-        keys = request_keys(pending_request, self.page_size)
+        fallback = await super().choose_replicas(candidate_replicas, pending_request)
+        keys = request_keys(pending_request, self.page_size) if self.page_size else []
         if not keys or not fallback:
             return fallback
         by_id = {replica.replica_id: replica for replica in candidate_replicas}
@@ -136,6 +145,11 @@ class PrefixAffinityRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         holder = choose_holder(holders, await self._ongoing(candidate_replicas), self.imbalance)
         # a full holder is passed over by Serve's selection, which then tries the fallback pair
         return [[by_id[holder]], *fallback] if holder is not None else fallback
+
+    def _fulfill_next_pending_request(self, replica: RunningReplica, request_metadata=None) -> None:
+        if self.page_size is None:  # Serve's own: the oldest pending request takes the replica
+            return super()._fulfill_next_pending_request(replica, request_metadata)
+        return RequestRouter._fulfill_next_pending_request(self, replica, request_metadata)
 
     async def _ongoing(self, replicas: list[RunningReplica]) -> dict[ReplicaID, int]:
         ongoing, unknown = {}, []
@@ -152,7 +166,7 @@ class PrefixAffinityRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         return ongoing
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result) -> None:
-        keys = request_keys(pending_request, self.page_size)
+        keys = request_keys(pending_request, self.page_size) if self.page_size else []
         if keys:
             self.table.record(keys, replica_id)
 

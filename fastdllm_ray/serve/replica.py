@@ -100,6 +100,12 @@ class EngineReplica:
             if not finished:  # cancelled, perhaps before the stream was first awaited
                 self.engine.abort(request_id)
 
+    def record_replica_metadata(self) -> dict:
+        """Told once to every router of this deployment (Serve's hook, when the replica is ready):
+        whether prompts share prefixes here, and by which page size (serve/prefix_router.py)."""
+        engine = self.engine.engine
+        return {"prefix_sharing": engine.sharing, "page_size": engine.pool.page_size}
+
     def stats(self) -> dict:
         """Engine counters for tests, benchmarks and debugging (the metrics carry the same)."""
         engine = self.engine.engine

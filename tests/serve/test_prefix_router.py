@@ -1,12 +1,11 @@
 """The prefix router's parts on their own: its keys are the engine's (a replica's pool finds the
 pages a routed prompt's keys name), its memory of holders is bounded and least-recently-routed
-first out, the busy rule's numbers, and the builder installs it only where the engines share
-(Fast-dLLM v2), with Serve's own router everywhere else. The router at work across replicas:
+first out, the busy rule's numbers, it applies only while every replica says it shares, and the
+builder installs it where the engines share (Fast-dLLM v2) or may (a hub id it cannot read
+offline), with Serve's own router for LLaDA and Dream. The router at work across replicas:
 tests/scaleout/test_prefix_routing.py."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from ray.serve._private.common import RequestMetadata
@@ -15,7 +14,7 @@ from ray.serve.request_router import PendingRequest
 from fastdllm_ray import GenerationParams
 from fastdllm_ray.engine import Engine, EngineConfig
 from fastdllm_ray.model import load_model
-from fastdllm_ray.serve.builder import replica_options, shares_prefix
+from fastdllm_ray.serve.builder import replica_options, routes_by_prefix
 from fastdllm_ray.serve.config import AppConfig
 from fastdllm_ray.serve.prefix_router import (
     PrefixAffinityRouter,
@@ -23,11 +22,11 @@ from fastdllm_ray.serve.prefix_router import (
     choose_holder,
     imbalance_for,
     request_keys,
+    shared_page_size,
 )
-from tests.conftest import TINY_DREAM, V2_CHECKPOINT
+from tests.conftest import TINY_DREAM, TINY_V2, V2_CHECKPOINT
 from tests.engine.test_prefix_sharing import run
 
-TINY_V2 = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-v2"  # random weights, a real tokenizer
 
 
 def generate_call(prompt, params, method: str = "generate") -> PendingRequest:
@@ -90,21 +89,31 @@ def test_a_holder_keeps_its_prefix_until_it_has_imbalance_more_ongoing_than_the_
     assert choose_holder(["A"], {"B": 0}, imbalance=8) is None  # the holder's load is unknown
 
 
+def test_the_rule_applies_only_while_every_replica_says_it_shares_with_one_page_size():
+    v2 = {"prefix_sharing": True, "page_size": 64}
+    assert shared_page_size([v2, v2]) == 64
+    assert shared_page_size([v2, {"prefix_sharing": False, "page_size": 64}]) is None  # LLaDA, Dream
+    assert shared_page_size([v2, {}]) is None  # a replica that said nothing
+    assert shared_page_size([v2, {"prefix_sharing": True, "page_size": 32}]) is None  # mid rolling update
+    assert shared_page_size([]) is None
+
+
 def test_the_router_refuses_bad_settings_by_name():
     router = object.__new__(PrefixAffinityRouter)  # initialize_state only reads its kwargs
     with pytest.raises(ValueError, match="imbalance"):
-        router.initialize_state(page_size=64, imbalance=0)
-    with pytest.raises(ValueError, match="page_size"):
-        router.initialize_state(page_size="64", imbalance=2)
+        router.initialize_state(imbalance=0)
+    with pytest.raises(ValueError, match="max_keys"):
+        router.initialize_state(imbalance=2, max_keys=0)
 
 
-def test_builder_routes_by_prefix_only_where_the_engines_share():
+def test_builder_gives_the_prefix_router_to_engines_that_share_or_may():
     v2 = AppConfig(model=str(TINY_V2), device="cpu", engine={"max_num_seqs": 4, "page_size": 32})
     router = replica_options(v2)["request_router_config"]
     assert router.request_router_class == "fastdllm_ray.serve.prefix_router.PrefixAffinityRouter"
-    assert router.request_router_kwargs == {"page_size": 32, "imbalance": 2}
+    assert router.request_router_kwargs == {"imbalance": 2}
     for config in (AppConfig(device="cpu"), AppConfig(model=str(TINY_DREAM), device="cpu"),  # LLaDA, Dream
                    v2.model_copy(update={"prefix_routing": False}),
                    AppConfig(model=str(TINY_V2), device="cpu", engine={"prefix_sharing": False})):
         assert "request_router_config" not in replica_options(config)  # Serve's power of two choices
-    assert shares_prefix(v2) and not shares_prefix(AppConfig(model=str(TINY_DREAM)))
+    # a hub id whose config.json is not on this machine: nothing is downloaded, the replicas will say
+    assert routes_by_prefix(AppConfig(model="some-org/not-cached-here"))
