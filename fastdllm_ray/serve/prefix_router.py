@@ -139,17 +139,26 @@ class PrefixAffinityRouter(PowerOfTwoChoicesRequestRouter):
         if not keys or not fallback:
             return fallback
         by_id = {replica.replica_id: replica for replica in candidate_replicas}
+        # every replica's figure, probed where the cache has none (Serve's own choice would take a
+        # cached busy replica over an idle one it has not heard from lately): a new prefix goes
+        # where the load is not, and stays there
+        ongoing = await self._ongoing(candidate_replicas)
         holders = self.table.longest_holders(keys, by_id)
-        if not holders:
-            return fallback
-        holder = choose_holder(holders, await self._ongoing(candidate_replicas), self.imbalance)
+        holder = choose_holder(holders, ongoing, self.imbalance) if holders else None
         # a full holder is passed over by Serve's selection, which then tries the fallback pair
         return [[by_id[holder]], *fallback] if holder is not None else fallback
 
     def _fulfill_next_pending_request(self, replica: RunningReplica, request_metadata=None) -> None:
         if self.page_size is None:  # Serve's own: the oldest pending request takes the replica
             return super()._fulfill_next_pending_request(replica, request_metadata)
-        return RequestRouter._fulfill_next_pending_request(self, replica, request_metadata)
+        matched = self._get_pending_request_matching_internal_request_id(request_metadata) is not None
+        RequestRouter._fulfill_next_pending_request(self, replica, request_metadata)
+        # Serve counts a request on its replica when it is sent, which in a burst is after every
+        # routing task has chosen: each would see the same stale figures and pick the same holder.
+        # Counted at once instead; the replica's own count replaces this when it accepts.
+        ongoing = self._replica_queue_len_cache.get(replica.replica_id)
+        if matched and ongoing is not None:
+            self._replica_queue_len_cache.update(replica.replica_id, ongoing + 1)
 
     async def _ongoing(self, replicas: list[RunningReplica]) -> dict[ReplicaID, int]:
         ongoing, unknown = {}, []
