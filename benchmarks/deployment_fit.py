@@ -22,7 +22,7 @@ import yaml
 
 from benchmarks.gpu import LLADA_8B, random_model, weight_bytes
 from fastdllm_ray import Engine, EngineConfig, GenerationParams
-from fastdllm_ray.markdown_sections import update_section
+from fastdllm_ray.commands.sections import update_section
 
 GIB = 2**30
 

@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from fastdllm_ray import GenerationParams, generate  # noqa: E402
-from fastdllm_ray.markdown_sections import update_section  # noqa: E402
+from fastdllm_ray.commands.sections import update_section  # noqa: E402
 from fastdllm_ray.model import LLaDAConfig, LLaDAModel  # noqa: E402
 
 SMALL = LLaDAConfig(d_model=256, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=688, vocab_size=2048,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fastdllm_ray import GenerationParams, generate, load_model, load_tokenizer
-from fastdllm_ray.markdown_sections import update_section
+from fastdllm_ray.commands.sections import update_section
 from fastdllm_ray.model.shipped import default_model_path
 from fastdllm_ray.train.data import problems
 

@@ -129,7 +129,7 @@ def wait_running(app_name: str = "fastdllm", timeout_s: float = 900) -> None:
 def measure(replicas: int, args) -> dict:
     """One replica count under the load the flags describe; what the results JSON keeps of it."""
     from fastdllm_ray.serve.config import AppConfig
-    from tests.serve.serve_harness import running_app
+    from fastdllm_ray.serve.local import local_app
 
     scale = replicas if args.per_replica else 1
     concurrency, requests = args.concurrency * scale, args.requests * scale
@@ -143,7 +143,7 @@ def measure(replicas: int, args) -> dict:
                 "use_cache": True, "use_dual_cache": True}
     if args.threshold is not None:
         settings["threshold"] = args.threshold
-    with running_app(config, num_cpus=args.num_cpus) as (url, _):
+    with local_app(config, num_cpus=args.num_cpus) as (url, _):
         wait_running()
         model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
         # warm-up: enough parallel requests that Serve's router gives each replica some

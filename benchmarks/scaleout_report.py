@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from benchmarks.serving import pct
-from fastdllm_ray.markdown_sections import update_section
+from fastdllm_ray.commands.sections import update_section
 
 SECTION = "scaleout-replicas"
 

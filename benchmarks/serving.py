@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.streamed import stream_completion
-from fastdllm_ray.markdown_sections import update_section
+from fastdllm_ray.commands.sections import update_section
 
 SECTION = "serving"
 MODES = {"batched": 16, "single": 1}  # mode -> engine max_num_seqs

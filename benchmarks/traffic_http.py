@@ -114,7 +114,7 @@ def run_http(args, requests) -> tuple[dict, dict]:
 
     from fastdllm_ray.commands.serve import start
     from fastdllm_ray.serve.config import AppConfig
-    from tests.net import free_port
+    from fastdllm_ray.serve.local import free_port
 
     metrics_port, http_port = free_port(), free_port()
     ray.init(address="local", include_dashboard=False, _metrics_export_port=metrics_port,

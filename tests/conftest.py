@@ -81,3 +81,11 @@ def v2_model():
     from fastdllm_ray import load_model
 
     return load_model(V2_CHECKPOINT)
+
+
+@pytest.fixture(scope="session")
+def llada2_model():
+    """The LLaDA2.0 refdata checkpoint (float32, CPU)."""
+    from fastdllm_ray import load_model
+
+    return load_model(Path(__file__).parent / "fixtures" / "refdata-llada2" / "checkpoint")

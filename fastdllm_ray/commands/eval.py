@@ -147,7 +147,7 @@ def _server(run_server, base_url, name, api_key, concurrency, problems, config, 
 def run(args: argparse.Namespace) -> int:
     from fastdllm_ray.eval import evaluate, grid, headline
     from fastdllm_ray.eval import report
-    from fastdllm_ray.markdown_sections import update_section
+    from fastdllm_ray.commands.sections import update_section
     from fastdllm_ray.train.data import problems as make_problems
 
     if args.quick_test:

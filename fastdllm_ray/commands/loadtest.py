@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     print(f"report: {args.out / 'report.html'}, tables: {args.out}/locust_*.csv")
     if args.benchmarks:
-        from fastdllm_ray.markdown_sections import update_section
+        from fastdllm_ray.commands.sections import update_section
 
         shown = (f"fastdllm-ray loadtest --base-url URL --users {args.users} "
                  + (f"--requests {args.requests}" if args.requests else f"--run-time {args.run_time or '60s'}")

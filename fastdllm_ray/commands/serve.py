@@ -16,7 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="serve a model behind an OpenAI-compatible API",
                                    description=__doc__)
     parser.add_argument("--model", help="checkpoint directory or HF hub id (default: the shipped tiny model)")
-    parser.add_argument("--name", help="model name clients send (default: from the checkpoint)")
+    parser.add_argument("--name", action="append", dest="names",
+                        help="model name clients send (default: from the checkpoint); repeat it to serve the model "
+                        "under several names (the first is its name in metrics)")
     scaling = parser.add_mutually_exclusive_group()
     scaling.add_argument("--replicas", type=int, help="fixed number of engine replicas")
     scaling.add_argument("--min-replicas", type=int, help="autoscaling lower bound (default 1)")
@@ -45,7 +47,9 @@ def config_from_args(args: argparse.Namespace):
 
     engine = {key: value for key, value in (("max_num_seqs", args.max_num_seqs), ("max_queue", args.max_queue),
                                              ("max_model_len", args.max_model_len)) if value is not None}
-    settings: dict = {"model": args.model, "model_name": args.name, "device": args.device, "dtype": args.dtype,
+    names = args.names or [None]
+    settings: dict = {"model": args.model, "model_name": names[0], "model_aliases": names[1:],
+                      "device": args.device, "dtype": args.dtype,
                       "api_keys": list(args.api_keys), "engine": engine, "playground": not args.no_playground}
     if args.replicas is not None:
         settings["num_replicas"] = args.replicas
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     from fastdllm_ray.serve.ray_env import apply_serve_env_defaults
-    from fastdllm_ray.serve.replica import served_model_name
+    from fastdllm_ray.serve.replica import served_model_names
 
     config = config_from_args(args)
     address, metrics_port = cluster_address(args), metrics_port_of(args)
@@ -136,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         ray_metrics = node_metrics_url(local=address is None)
         if ray_metrics:
             print(f"ray metrics: {ray_metrics} (Ray's exporter of this node: every series it holds)", flush=True)
-        print(f"serving {served_model_name(config)!r} at {url}/v1{auth}; Ctrl-C stops", flush=True)
+        served = " / ".join(repr(name) for name in served_model_names(config))
+        print(f"serving {served} at {url}/v1{auth}; Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -26,6 +26,13 @@ class CanvasState:
 
 
 class CanvasPolicy(DecodingPolicy):
+    algorithms = {
+        "basic": ({"cache": "none"}, "no K/V cache: every step runs the whole sequence"),
+        "prefix_cache": ({"cache": "prefix"}, "prefix cache: each step runs the block and everything after it"),
+        "dual_cache": ({"cache": "dual"}, "dual cache: each step runs the block alone over the cached prefix and "
+                       "suffix"),
+    }
+
     def effective(self, params: GenerationParams) -> GenerationParams:
         return params.with_defaults(steps=DEFAULT_STEPS, cache=DEFAULT_CACHE)
 

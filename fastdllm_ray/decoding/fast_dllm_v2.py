@@ -97,6 +97,11 @@ class FastDLLMV2Policy(DecodingPolicy):
     family = "Fast-dLLM v2"
     accepts = frozenset({"sub_block_length", "block_cache", "top_p"})
     shares_prefix = True
+    algorithms = {
+        "basic": ({"block_cache": False}, "each forward runs the whole block over the kept K/V of the blocks before"),
+        "block_cache": ({"block_cache": True}, "the block's own K/V kept between forwards too: a sub-block after "
+                        "a decided one runs alone (the reference's use_block_cache)"),
+    }
     shift = 1
     confidence_fn = staticmethod(v2_confidences)
     predict = staticmethod(v2_predict)

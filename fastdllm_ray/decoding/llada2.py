@@ -94,6 +94,7 @@ class LLaDA2Policy(DecodingPolicy):
     accepts = frozenset({"steps_per_block", "top_p", "top_k"})
     confidence_fn = staticmethod(v2_confidences)
     predict = staticmethod(llada2_predict)
+    shares_prefix = True
 
     def effective(self, params: GenerationParams) -> GenerationParams:
         # the reference's steps=32 after its cap min(steps, gen_length // minimal_topk), minimal_topk 1;
@@ -125,7 +126,7 @@ class LLaDA2Policy(DecodingPolicy):
         if state.step > 0:  # the block alone over the kept K/V
             return RowPlan(state.start, bs, end, 0, decide_start, end - decide_start, columns, "block")
         # a block's first step: block-causal from the first position whose K/V are not final yet
-        first = 0 if state.block == 0 else state.start - bs
+        first = seq.cached_len if state.block == 0 else state.start - bs
         kind = "prefill" if state.block == 0 else "block_start"
         return RowPlan(first, end - first, end, bs, decide_start, end - decide_start, columns, kind)
 
@@ -148,6 +149,17 @@ class LLaDA2Policy(DecodingPolicy):
         block_end = state.start + p.block_length - seq.prompt_len
         state.block, state.step, state.start = state.block + 1, 0, state.start + p.block_length
         return self._hand_back(state, block_end, None)
+
+    # ---- prefix sharing --------------------------------------------------------------------
+    def shareable_prefix(self, seq) -> int:
+        """The prompt-only blocks (the first decoded block holds the prompt's tail)."""
+        return seq.prompt_len // seq.params.block_length * seq.params.block_length
+
+    def final_prefix(self, seq) -> int:
+        state = seq.state
+        if state.step > 0:  # everything before the current block was computed with its final tokens
+            return state.start
+        return state.start - seq.params.block_length if state.block > 0 else seq.cached_len
 
     @staticmethod
     def _hand_back(state: LLaDA2State, upto: int, finish: str | None) -> Advance:

@@ -77,6 +77,9 @@ class DecodingPolicy:
     shares_prefix: ClassVar[bool] = False
     family: ClassVar[str] = ""  # its name in messages
     accepts: ClassVar[frozenset[str]] = frozenset()  # the FAMILY_FIELDS it uses
+    # its generation_algorithm names (serve/algorithms.py): name -> (the GenerationParams fields
+    # the name sets, what it is); a family with no choice lists one that sets nothing
+    algorithms: ClassVar[dict[str, tuple[dict[str, Any], str]]] = {"default": ({}, "the family's one decoding")}
     shift = 0
     default_top_k = 0  # 0: confidences over the whole vocabulary
     confidence_fn = staticmethod(confidence_of)

@@ -1,8 +1,9 @@
 """Token selection for one decoding step, for a batch of rows with their own parameters.
 
 Per position: the predicted token x0 (argmax, after float64 Gumbel noise when the row's
-temperature is > 0) and its confidence (float64 softmax probability of x0, or a uniform
-random rank under remasking='random'). Per row, the number of masked positions to commit:
+temperature is > 0, within the row's top_p nucleus and top_k when it sets them) and its
+confidence (float64 softmax probability of x0, or a uniform random rank under
+remasking='random'). Per row, the number of masked positions to commit:
 fixed count, threshold (all >= threshold, at least one), capped threshold (the same, at most
 the fixed count: Dream's confidence_threshold), factor (largest n whose n-th confidence
 >= 1 - factor/(n+1), at least one; all when only the last fails, as the reference does) or
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 RULE_FIXED, RULE_THRESHOLD, RULE_FACTOR, RULE_CAPPED_THRESHOLD = 0, 1, 2, 3
 RULE_QUOTA_THRESHOLD = 4
@@ -61,6 +63,7 @@ def predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator |
         temp = rules.temperature[:, None, None]
         noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
         noisy = logits.double().exp() / (-torch.log(noise)) ** temp
+        _draw_from_nucleus(noisy, logits, rules)
         x0 = torch.where(rules.temperature[:, None] > 0, noisy.argmax(dim=-1), x0)
     if saved is not None:
         logits[..., mask_id] = saved
@@ -69,6 +72,30 @@ def predict(logits: torch.Tensor, rules: StepRules, generator: torch.Generator |
         ranks = torch.rand(x0.shape, dtype=torch.float64, device=x0.device, generator=generator)
         confidence = torch.where(rules.random_remasking[:, None], ranks, confidence)
     return x0, confidence
+
+
+def _draw_from_nucleus(noisy: torch.Tensor, logits: torch.Tensor, rules: StepRules) -> None:
+    """Zeroes, in a sampled row that sets top_p or top_k, the Gumbel scores of every token
+    outside the nucleus of its tempered distribution (the most likely tokens until the mass
+    before one exceeds top_p), then outside its top_k; the most likely token always stays.
+    Dream's order (decoding/dream.py), in float64 over the whole vocabulary. The mask token,
+    already at -inf in `logits`, is outside every distribution taken here."""
+    if rules.top_p is None or rules.top_k is None:
+        return
+    narrowed = (rules.temperature > 0) & ((rules.top_p < 1.0) | (rules.top_k > 0))
+    rows = narrowed.nonzero().squeeze(1)  # a host sync, on sampling steps only (they run outside graphs)
+    if rows.numel() == 0:
+        return
+    tempered = logits[rows].double() / rules.temperature[rows, None, None]
+    ordered, order = tempered.sort(dim=-1, descending=True)
+    probs = torch.softmax(ordered, dim=-1)
+    before = F.pad(probs.cumsum(dim=-1)[..., :-1], (1, 0))  # the mass of the more likely tokens
+    rank = torch.arange(ordered.shape[-1], device=ordered.device)
+    top_p, top_k = rules.top_p[rows, None, None], rules.top_k[rows, None, None]
+    keep = (rank == 0) | (before <= top_p) | (top_p >= 1.0)  # 1.0 keeps all: a sum may round above it
+    keep &= (top_k <= 0) | (rank < top_k)
+    kept = torch.zeros_like(keep).scatter_(-1, order, keep)
+    noisy[rows] = noisy[rows].masked_fill(~kept, 0.0)
 
 
 def commit_counts(sorted_conf: torch.Tensor, masked_count: torch.Tensor, rules: StepRules) -> torch.Tensor:

@@ -17,7 +17,7 @@ from ray.serve.config import RequestRouterConfig
 from fastdllm_ray.serve.config import AppConfig
 from fastdllm_ray.serve.ingress import OpenAIIngress
 from fastdllm_ray.serve.prefix_router import PrefixAffinityRouter, imbalance_for
-from fastdllm_ray.serve.replica import EngineReplica, resolve_model, served_model_name
+from fastdllm_ray.serve.replica import EngineReplica, resolve_model, served_model_name, served_model_names
 
 HEALTH_CHECK_PERIOD_S = 10
 
@@ -135,10 +135,16 @@ def build_app(args: Union[dict, AppConfig, None] = None) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     models = [resolve_placement(model) for model in config.model_configs()]
     names = [served_model_name(model) for model in models]
-    for index, name in enumerate(names):
-        if name in names[:index]:
-            raise ValueError(f"models.{index}.model_name: {name!r} is served by an earlier entry too")
+    taken: set[str] = set()
+    for index, model in enumerate(models):
+        for position, name in enumerate(served_model_names(model)):
+            if name in taken:
+                field = "model_aliases" if position else "model_name"
+                raise ValueError(f"models.{index}.{field}: {name!r} is served by an earlier entry too")
+            taken.add(name)
     engines = {name: EngineReplica.options(name=engine_deployment_name(name, len(models)),
                                            **replica_options(model)).bind(model.model_dump())
                for name, model in zip(names, models)}
-    return OpenAIIngress.options(name="OpenAIIngress", **ingress_options(config)).bind(config.model_dump(), engines)
+    devices = {name: model.device for name, model in zip(names, models)}  # what each model's replicas run on
+    return OpenAIIngress.options(name="OpenAIIngress", **ingress_options(config)).bind(config.model_dump(), engines,
+                                                                                       devices)

@@ -53,6 +53,9 @@ class AppConfig(BaseModel):
 
     model: Optional[str] = Field(None, description="checkpoint directory or HF hub id; None = the shipped model")
     model_name: Optional[str] = Field(None, description="name clients send as `model`; default from the checkpoint")
+    model_aliases: list[str] = Field(
+        default_factory=list, description="more names clients may send as `model` (as vLLM's --served-model-name "
+        "takes several); /v1/models lists each, metrics keep model_name")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
     num_gpus_per_replica: Optional[float] = Field(None, ge=0, description="default: 1 when device is cuda")
@@ -81,6 +84,8 @@ class AppConfig(BaseModel):
 
     @model_validator(mode="after")
     def _entries_valid(self) -> "AppConfig":
+        if any(not alias.strip() for alias in self.model_aliases):
+            raise ValueError("model_aliases: a name must not be empty")
         self.model_configs()  # an entry's error names it: models.<i>.<field>
         return self
 

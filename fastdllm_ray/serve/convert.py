@@ -1,6 +1,10 @@
 """The one place an OpenAI request becomes what the engine runs: prompt token ids and one
 GenerationParams (plus the stop strings the ingress applies to the text). No later layer
 re-reads the request. Every refusal is a RequestError naming the request field.
+
+GenerationParams carries only the family settings the client sent (None: the family's
+default), so the model's decoding policy, checked here, refuses by name a field its family
+does not use, and `generation_algorithm` can be told apart from the cache fields it names.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional
 
+from fastdllm_ray.decoding.policy import DecodingPolicy
 from fastdllm_ray.params import GenerationParams
+from fastdllm_ray.serve.algorithms import algorithms_of
 from fastdllm_ray.serve.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, FastDLLMFields
 
 DEFAULT_MAX_TOKENS = 128
@@ -119,8 +125,55 @@ def _stop_strings(stop) -> tuple[str, ...]:
     return stops
 
 
+def _refuse_unsupported(req: FastDLLMFields) -> None:
+    """Fields the LLaDA OpenAI server or OpenAI clients send that we cannot honour: their "off"
+    value is accepted, any other refused by name with the reason."""
+    if req.cfg_scale:
+        raise RequestError(f"cfg_scale: {req.cfg_scale} is not supported: classifier-free guidance needs an "
+                           "unconditional forward beside every step's conditional one, which this engine does not "
+                           "run; 0 (off) is accepted", param="cfg_scale")
+    if req.presence_penalty not in (None, 0.0, 1.0):
+        raise RequestError(f"presence_penalty: {req.presence_penalty} is not supported: a diffusion model commits "
+                           "tokens in parallel, with no text before them to penalise; 0 is accepted, and 1.0 (what "
+                           "NeMo-Skills sends for its neutral repetition_penalty)", param="presence_penalty")
+    for field in ("logprobs", "top_logprobs"):
+        if getattr(req, field, None):
+            raise RequestError(f"{field}: per-token log-probabilities are not available: a diffusion model has no "
+                               "left-to-right factorisation to take them from", param=field)
+
+
+def _family_fields(req: FastDLLMFields, max_tokens: int, policy: Optional[DecodingPolicy]) -> dict:
+    """The family-specific GenerationParams fields the request sets (None: not sent)."""
+    cache = None
+    if req.use_cache is not None or req.use_dual_cache is not None:  # an unsent flag is the seed's default, true
+        cache = "none" if req.use_cache is False else ("prefix" if req.use_dual_cache is False else "dual")
+    top_k = req.top_k
+    if top_k is not None and top_k < 1:
+        if top_k != -1:
+            raise RequestError(f"top_k: {top_k} must be >= 1, or -1 for not set", param="top_k")
+        top_k = None
+    steps = req.steps
+    if steps is not None:
+        if steps < 1:
+            raise RequestError(f"steps: {steps} must be >= 1", param="steps")
+        # more steps than answer tokens would only run forwards that commit nothing
+        steps = min(steps, -(-max_tokens // req.block_length) * req.block_length)
+    fields = dict(steps=steps, cache=cache, factor=req.factor, remasking=req.remasking, alg=req.alg,
+                  top_p=req.top_p, top_k=top_k, sub_block_length=req.sub_block_length, block_cache=req.block_cache,
+                  steps_per_block=req.steps_per_block)
+    if req.generation_algorithm is not None:
+        if policy is None:
+            raise RequestError("generation_algorithm: the model's family, which names the algorithms, is not known "
+                               "here", param="generation_algorithm")
+        try:
+            fields = algorithms_of(policy).apply(req.generation_algorithm, fields)
+        except ValueError as exc:
+            raise RequestError(str(exc), param="generation_algorithm") from None
+    return fields
+
+
 def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model_len: int,
-                       default_max_tokens: int = DEFAULT_MAX_TOKENS) -> GenerationParams:
+                       default_max_tokens: int, policy: Optional[DecodingPolicy]) -> GenerationParams:
     if req.n != 1:
         raise RequestError("n: only n=1 is supported", param="n")
     max_tokens = default_max_tokens if max_tokens is None else max_tokens
@@ -131,39 +184,44 @@ def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model
                            param="max_tokens", code="context_length_exceeded")
     if not 1 <= req.block_length <= max_model_len:
         raise RequestError(f"block_length: {req.block_length} is outside [1, {max_model_len}]", param="block_length")
-    if req.steps < 1:
-        raise RequestError(f"steps: {req.steps} must be >= 1", param="steps")
     if req.stream_steps and not req.stream:
         raise RequestError("stream_steps: needs stream: true (step events only exist in a stream)",
                            param="stream_steps")
     if req.temperature > MAX_TEMPERATURE:
         raise RequestError(f"temperature: {req.temperature} must be <= {MAX_TEMPERATURE}", param="temperature")
-    cache = "none" if not req.use_cache else ("dual" if req.use_dual_cache else "prefix")
-    padded = -(-max_tokens // req.block_length) * req.block_length
+    _refuse_unsupported(req)
+    family = _family_fields(req, max_tokens, policy)
     try:
-        return GenerationParams(
-            # more steps than answer tokens would only run forwards that commit nothing
-            steps=min(req.steps, padded), gen_length=max_tokens, block_length=req.block_length,
-            threshold=req.threshold, factor=req.factor, temperature=req.temperature,
-            remasking=None if req.remasking == "low_confidence" else req.remasking, cache=cache, alg=req.alg, top_p=req.top_p, top_k=req.top_k,
-        )
+        params = GenerationParams(gen_length=max_tokens, block_length=req.block_length, threshold=req.threshold,
+                                  temperature=req.temperature, **family)
+        if policy is not None:  # else the engine's policy checks it
+            policy.validate(params)  # a field this model's family does not use, by name
+            policy.effective(params)  # and the family's defaults fit the request (steps against its blocks)
     except ValueError as exc:
         field = str(exc).split(":", 1)[0].split(" ")[0]
         raise RequestError(str(exc), param=_REQUEST_FIELD.get(field, field)) from None
+    return params
 
 
-def _check_context(prompt_ids: list[int], params: GenerationParams, max_model_len: int, param: str) -> None:
+def _check_context(prompt_ids: list[int], params: GenerationParams, policy: Optional[DecodingPolicy],
+                   max_model_len: int, param: str) -> None:
     if not prompt_ids:
         raise RequestError(f"{param}: is empty", param=param)
-    total = len(prompt_ids) + params.padded_gen_length
+    if policy is None:  # the canvas families' length, the longest any family takes
+        total = len(prompt_ids) + params.padded_gen_length
+    else:
+        total = policy.total_len(len(prompt_ids), policy.effective(params))
     if total > max_model_len:
         raise RequestError(
-            f"{param}: {len(prompt_ids)} prompt tokens + {params.padded_gen_length} answer tokens exceed "
+            f"{param}: {len(prompt_ids)} prompt tokens + {total - len(prompt_ids)} answer tokens exceed "
             f"the model's context of {max_model_len} tokens", param=param, code="context_length_exceeded")
 
 
 def chat_request(req: ChatCompletionRequest, encoder: PromptEncoder, max_model_len: int,
-                 default_max_tokens: int = DEFAULT_MAX_TOKENS) -> EngineRequest:
+                 default_max_tokens: int = DEFAULT_MAX_TOKENS,
+                 policy: Optional[DecodingPolicy] = None) -> EngineRequest:
+    """The engine request of a chat request; `policy`: the model's family (None: its fields go
+    unchecked to the engine, which checks them, and generation_algorithm is refused)."""
     if not req.messages:
         raise RequestError("messages: must hold at least one message", param="messages")
     if req.max_tokens is not None and req.max_completion_tokens is not None:
@@ -174,16 +232,17 @@ def chat_request(req: ChatCompletionRequest, encoder: PromptEncoder, max_model_l
             raise RequestError(f"messages.{i}.content: a user message must not be empty",
                                param=f"messages.{i}.content")
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
-    params = _generation_params(req, max_tokens, max_model_len, default_max_tokens)
+    params = _generation_params(req, max_tokens, max_model_len, default_max_tokens, policy)
     stop = _stop_strings(req.stop)
     prompt_ids = encoder.chat(req.messages)
-    _check_context(prompt_ids, params, max_model_len, "messages")
+    _check_context(prompt_ids, params, policy, max_model_len, "messages")
     return EngineRequest(prompt_ids, params, stop, req.stream_steps)
 
 
 def completion_request(req: CompletionRequest, encoder: PromptEncoder, max_model_len: int,
-                       default_max_tokens: int = DEFAULT_MAX_TOKENS) -> EngineRequest:
-    params = _generation_params(req, req.max_tokens, max_model_len, default_max_tokens)
+                       default_max_tokens: int = DEFAULT_MAX_TOKENS,
+                       policy: Optional[DecodingPolicy] = None) -> EngineRequest:
+    params = _generation_params(req, req.max_tokens, max_model_len, default_max_tokens, policy)
     stop = _stop_strings(req.stop)
     prompt = req.prompt
     # a batch of one (lm-eval's local-completions sends [[ids]] or [text]) is that one prompt
@@ -196,5 +255,5 @@ def completion_request(req: CompletionRequest, encoder: PromptEncoder, max_model
         prompt_ids = encoder.text(prompt) if prompt else []
     else:
         prompt_ids = encoder.token_ids(prompt)
-    _check_context(prompt_ids, params, max_model_len, "prompt")
+    _check_context(prompt_ids, params, policy, max_model_len, "prompt")
     return EngineRequest(prompt_ids, params, stop, req.stream_steps)

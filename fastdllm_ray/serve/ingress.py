@@ -25,6 +25,7 @@ from fastdllm_ray.serve import protocol as p
 from fastdllm_ray.serve.config import AppConfig
 from fastdllm_ray.serve.convert import EngineRequest, RequestError, chat_request, completion_request
 from fastdllm_ray.serve.errors import GuardMiddleware, install_error_handlers, sse
+from fastdllm_ray.serve.health import algorithms_body, health_body
 from fastdllm_ray.serve.metrics import IngressMetrics, RequestFateMetrics
 from fastdllm_ray.serve.metrics_proxy import metrics_response
 from fastdllm_ray.serve.models import ModelRouter, ServedModel
@@ -104,9 +105,10 @@ class _Answer:
 @serve.deployment
 @serve.ingress(app)
 class OpenAIIngress:
-    def __init__(self, config: dict, engines: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, config: dict, engines: dict[str, DeploymentHandle],
+                 devices: Optional[dict[str, str]] = None) -> None:
         self.config = AppConfig.model_validate(config)
-        self.models = ModelRouter(self.config, engines)
+        self.models = ModelRouter(self.config, engines, devices)
         self.metrics = IngressMetrics("+".join(model.name for model in self.models))
         self.steps = {model.name: StepChunks(model.tokenizer) for model in self.models}  # stream_steps
         _guard_settings.update(api_keys=api_keys_of(self.config), max_body_bytes=self.config.max_body_bytes,
@@ -115,7 +117,14 @@ class OpenAIIngress:
     # ---- routes ---------------------------------------------------------------------------
     @app.get("/health")
     async def health(self) -> dict:
-        return {"status": "ok"}
+        """Always 200 while the ingress runs (probes); the LLaDA OpenAI server's fields, of the
+        first model, and the same for each model under `models`."""
+        return health_body(list(self.models), await self.models.loaded())
+
+    @app.get("/generation/algorithms")
+    async def generation_algorithms(self) -> dict:
+        """Each served model's generation_algorithm names, as the LLaDA OpenAI server lists its own."""
+        return algorithms_body(list(self.models), await self.models.loaded())
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_text(self):  # every node's ray_fastdllm_* and ray_serve_* series (metrics_proxy.py)
@@ -123,8 +132,8 @@ class OpenAIIngress:
 
     @app.get("/v1/models", response_model=p.ModelList)
     async def models(self) -> p.ModelList:
-        return p.ModelList(data=[p.ModelCard(id=model.name, max_model_len=model.max_model_len)
-                                 for model in self.models])
+        return p.ModelList(data=[p.ModelCard(id=name, max_model_len=model.max_model_len)
+                                 for name, model in self.models.names.items()])
 
     @app.get("/playground", include_in_schema=False)
     async def playground(self):
@@ -137,14 +146,14 @@ class OpenAIIngress:
     @app.post("/v1/completions", response_model=p.CompletionResponse)
     async def completions(self, body: p.CompletionRequest):
         model = self._route(body.model)
-        req = completion_request(body, model.encoder, model.max_model_len, model.default_max_tokens)
+        req = completion_request(body, model.encoder, model.max_model_len, model.default_max_tokens, model.policy)
         echo = body.prompt if body.echo and isinstance(body.prompt, str) else ""
         return await self._respond(model, req, body, chat=False, echo=echo)
 
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse)
     async def chat_completions(self, body: p.ChatCompletionRequest):
         model = self._route(body.model)
-        req = chat_request(body, model.encoder, model.max_model_len, model.default_max_tokens)
+        req = chat_request(body, model.encoder, model.max_model_len, model.default_max_tokens, model.policy)
         return await self._respond(model, req, body, chat=True)
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -199,7 +208,7 @@ class OpenAIIngress:
         answer = _Answer(model.tokenizer, req)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = self._events(model, stream, answer, deadline, chat, include_usage)
+            events = self._events(model, body.model, stream, answer, deadline, chat, include_usage)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
@@ -211,17 +220,17 @@ class OpenAIIngress:
         usage = answer.usage()
         if chat:
             message = p.ChatResponseMessage(content=answer.text.text)
-            response = p.ChatCompletionResponse(model=model.name, usage=usage, choices=[
+            response = p.ChatCompletionResponse(model=body.model, usage=usage, choices=[
                 p.ChatChoice(message=message, finish_reason=answer.finish_reason)])
         else:
-            response = p.CompletionResponse(model=model.name, usage=usage, choices=[
+            response = p.CompletionResponse(model=body.model, usage=usage, choices=[
                 p.CompletionChoice(text=echo + answer.text.text, finish_reason=answer.finish_reason)])
         return JSONResponse(response.model_dump())
 
-    async def _events(self, model: ServedModel, stream, answer: _Answer, deadline: float, chat: bool,
+    async def _events(self, model: ServedModel, name: str, stream, answer: _Answer, deadline: float, chat: bool,
                       include_usage: bool) -> AsyncIterator[str]:
         kind = "chatcmpl" if chat else "cmpl"
-        head = {"id": p.new_id(kind), "created": int(time.time()), "model": model.name,
+        head = {"id": p.new_id(kind), "created": int(time.time()), "model": name,
                 "object": "chat.completion.chunk" if chat else "text_completion"}
 
         def chunk(text: Optional[str], finish: Optional[str], role: bool = False) -> dict:

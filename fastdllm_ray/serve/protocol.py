@@ -2,7 +2,9 @@
 
 Requests are strict: a wrong JSON type is an error, not a coercion ("5" is no integer),
 NaN and infinities are refused, and unknown fields are refused so that a misspelt
-setting cannot be silently ignored. Defaults are the Fast-dLLM seed server's.
+setting cannot be silently ignored. The fields are the LLaDA OpenAI server's (NeMo-RL's
+xp/llada_api, the Fast-dLLM seed server) and OpenAI's; what a field we cannot honour accepts
+is its "off" value only (convert.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ class StreamOptions(BaseModel):
 
 
 class FastDLLMFields(BaseModel):
-    """Decoding settings common to both endpoints (OpenAI fields, then Fast-dLLM extras)."""
+    """Decoding settings common to both endpoints (OpenAI fields, then the diffusion extras).
+
+    A family's own settings default to None, "not sent": the model's family fills in its
+    default, and refuses by name one it does not use (decoding/policy.py).
+    """
 
     model_config = _STRICT
 
@@ -34,26 +40,40 @@ class FastDLLMFields(BaseModel):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     n: int = Field(1, description="only 1 is supported")
-    top_p: Optional[float] = Field(None, description="Dream models: nucleus over each position's distribution; "
-                                                     "LLaDA: only 1.0")
+    top_p: Optional[float] = Field(None, description="nucleus of each position's tempered distribution: Dream "
+                                   "(its candidates), LLaDA (sampled draws only: no effect at temperature 0), "
+                                   "Fast-dLLM v2 (sampled draws)")
     seed: Optional[int] = Field(None, description="accepted for compatibility; decoding uses the engine's seed")
     user: Optional[str] = None
-    # Fast-dLLM extras
-    use_cache: bool = True
-    use_dual_cache: bool = True
+    presence_penalty: Optional[float] = Field(
+        None, description="not applied: only 0, and the 1.0 NeMo-Skills sends for its neutral repetition_penalty")
+    # the diffusion extras
+    use_cache: Optional[bool] = Field(None, description="LLaDA, Dream: K/V cache (default true)")
+    use_dual_cache: Optional[bool] = Field(None, description="LLaDA, Dream: with use_cache, the dual cache "
+                                           "(default true); false: the prefix cache")
+    generation_algorithm: Optional[str] = Field(
+        None, description="the LLaDA OpenAI server's name for the cache fields: basic (no_cache, simple), "
+        "prefix_cache (prefix, cache), dual_cache (dual, double_cache); Fast-dLLM v2: basic, block_cache "
+        "(GET /generation/algorithms lists each model's)")
     threshold: Optional[float] = Field(None, description="commit every position at least this confident")
-    factor: Optional[float] = Field(None, description="Fast-dLLM factor rule")
-    steps: int = 128
+    factor: Optional[float] = Field(None, description="LLaDA: Fast-dLLM factor rule")
+    steps: Optional[int] = Field(None, description="LLaDA, Dream: forwards spread over the blocks (default 128)")
     block_length: int = 32
-    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    remasking: Optional[Literal["low_confidence", "random"]] = Field(
+        None, description="LLaDA: low_confidence (default) or random")
+    cfg_scale: Optional[float] = Field(None, description="classifier-free guidance: only 0 (off) is supported")
     stream_steps: bool = Field(
         False, description="with stream: also one chunk per engine step whose `step` field lists the answer "
         "positions that step committed and their tokens (for drawing the answer as it unmasks)")
     alg: Optional[str] = Field(None, description="Dream models' choice rule: entropy, maskgit_plus, topk_margin or "
                                                  "confidence_threshold (default: entropy, or confidence_threshold "
-                                                 "with a threshold); not for LLaDA")
-    top_k: Optional[int] = Field(None, description="Dream models: candidates kept per position (default 50, as "
-                                                   "the reference); not for LLaDA")
+                                                 "with a threshold)")
+    top_k: Optional[int] = Field(None, description="candidates kept per position: Dream (default 50, as the "
+                                 "reference), LLaDA (sampled draws only); -1: not set")
+    sub_block_length: Optional[int] = Field(None, description="Fast-dLLM v2: sub-block size (default 8)")
+    block_cache: Optional[bool] = Field(None, description="Fast-dLLM v2: keep the block's own K/V between "
+                                        "forwards (default false)")
+    steps_per_block: Optional[int] = Field(None, description="LLaDA2.0: steps per block")
 
 
 class CompletionRequest(FastDLLMFields):
@@ -73,6 +93,8 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(FastDLLMFields):
     messages: list[ChatMessage]
     max_completion_tokens: Optional[int] = Field(None, description="newer name of max_tokens")
+    logprobs: Optional[bool] = Field(None, description="only false: no per-token log-probabilities")
+    top_logprobs: Optional[int] = Field(None, description="only null")
 
 
 # ---- responses ----------------------------------------------------------------------------

@@ -43,6 +43,11 @@ def served_model_name(config: AppConfig) -> str:
     return Path(resolve_model(config).rstrip("/")).name.lower()
 
 
+def served_model_names(config: AppConfig) -> list[str]:
+    """Every name clients may send as `model` for this model: its name, then its aliases."""
+    return list(dict.fromkeys([served_model_name(config), *config.model_aliases]))
+
+
 def replica_device(config: AppConfig) -> str:
     if config.device != "auto":
         return config.device

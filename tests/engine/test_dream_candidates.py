@@ -1,7 +1,8 @@
 """Which tokens Dream's confidences and draws are over: the 50 most likely by default (the
 reference's generation config inherits transformers 4.46's top_k = 50), narrowed per request
 by `top_p` (the nucleus of the whole tempered distribution, taken first, as the reference
-does) and `top_k`; never the mask token. Both fields belong to Dream: refused on LLaDA."""
+does) and `top_k`; never the mask token. (On LLaDA they narrow only sampled draws:
+test_llada_top_p_top_k.py.)"""
 
 from __future__ import annotations
 
@@ -112,12 +113,6 @@ def test_an_explicit_top_k_of_50_is_the_default(dream_model):
 def test_out_of_range_top_p_or_top_k_is_refused_by_name(changes, field):
     with pytest.raises(ValueError, match=f"^{field}:"):
         GenerationParams(**changes)
-
-
-@pytest.mark.parametrize("changes,field", [(dict(top_p=0.9), "top_p"), (dict(top_k=40), "top_k")])
-def test_top_p_or_top_k_on_llada_is_refused_by_name(ref_model, changes, field):
-    with pytest.raises(ValueError, match=f"^{field}:"):
-        generate(ref_model, [[1, 2, 3]], GenerationParams(gen_length=16, block_length=8, steps=4, **changes))
 
 
 def test_top_p_of_one_on_llada_is_accepted(ref_model):

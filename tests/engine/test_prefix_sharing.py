@@ -132,3 +132,21 @@ def test_canvas_families_never_share(ref_model, dream_model):
         assert not engine.sharing and engine.pool.num_cached == 0
         assert results["b"].cached_tokens == 0
         assert results["a"].token_ids == results["b"].token_ids == generate(model, [prompt], params)[0].token_ids
+
+
+def test_llada2_requests_share_their_prompt_blocks_and_decode_as_without(llada2_model):
+    from tests.engine.test_llada2_exactness import CASES as LLADA2_CASES
+    from tests.engine.test_llada2_exactness import answer_of
+    from tests.engine.test_llada2_exactness import params_of as llada2_params
+
+    order = [i for i in range(len(LLADA2_CASES)) for _ in range(2)]  # each case twice in a row
+    requests = [(f"{n}:{i}", LLADA2_CASES[i]["prompt"], llada2_params(LLADA2_CASES[i])) for n, i in enumerate(order)]
+    shared = run(Engine(llada2_model, EngineConfig(max_num_seqs=3, max_model_len=256, page_size=16)), requests,
+                 join_every_step=True)
+    alone = run(Engine(llada2_model, EngineConfig(max_num_seqs=3, max_model_len=256, page_size=16,
+                                                  prefix_sharing=False)), requests, join_every_step=True)
+    for n, i in enumerate(order):
+        key = f"{n}:{i}"
+        assert shared[key].token_ids == alone[key].token_ids == answer_of(LLADA2_CASES[i]), key
+        assert shared[key].nfe == alone[key].nfe, key
+    assert sum(r.cached_tokens for r in shared.values()) > 0

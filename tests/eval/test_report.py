@@ -9,7 +9,7 @@ import pytest
 
 from fastdllm_ray.eval import ConfigResult, DecodingConfig, extract_answer, grid, headline
 from fastdllm_ray.eval import report
-from fastdllm_ray.markdown_sections import update_section
+from fastdllm_ray.commands.sections import update_section
 
 
 @pytest.mark.parametrize("text, value", [

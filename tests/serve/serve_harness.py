@@ -17,31 +17,15 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from tests.net import free_port
 
-APP_START_TIMEOUT_S = 240  # a busy 2-core machine has taken over 120 s
+from fastdllm_ray.serve.local import APP_START_TIMEOUT_S, local_app
 AFTER_RECOVERY_TIMEOUT_S = 120
 
 
 @contextmanager
 def running_app(config, num_cpus: int = 2):
     """Starts Ray (with a Prometheus endpoint) and the app; yields (base_url, metrics_url)."""
-    import ray
-    from ray import serve
-
-    from fastdllm_ray.commands.serve import start
-
-    metrics_port, http_port = free_port(), free_port()
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port,
-             namespace=f"fastdllm-test-{http_port}")
-    try:
-        url = start(config, host="127.0.0.1", port=http_port)
-        deadline = time.monotonic() + APP_START_TIMEOUT_S
-        while httpx.get(f"{url}/health", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "app did not become healthy"
-            time.sleep(0.5)
-        yield url, f"http://127.0.0.1:{metrics_port}/metrics"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_app(config, num_cpus, APP_START_TIMEOUT_S) as urls:
+        yield urls
 
 
 def cli() -> list[str]:

@@ -71,8 +71,11 @@ BAD_CHAT = [  # (body, the field the error must name; None = the body as a whole
     (json.dumps(chat(stream="true")).encode(), "stream"),
     (json.dumps(chat(stop=["a", "b", "c", "d", "e"])).encode(), "stop"),
     (json.dumps(chat(n=3)).encode(), "n"),
-    (json.dumps(chat(top_p=0.5)).encode(), "top_p"),  # Dream's; the shipped model is a LLaDA
-    (json.dumps(chat(top_k=20)).encode(), "top_k"),
+    (json.dumps(chat(top_p=0.0)).encode(), "top_p"),
+    (json.dumps(chat(top_k=0)).encode(), "top_k"),
+    (json.dumps(chat(alg="entropy")).encode(), "alg"),  # Dream's; the shipped model is a LLaDA
+    (json.dumps(chat(cfg_scale=2.0)).encode(), "cfg_scale"),
+    (json.dumps(chat(generation_algorithm="fastest")).encode(), "generation_algorithm"),
     (json.dumps(chat(frobnicate=True)).encode(), "frobnicate"),
 ]
 

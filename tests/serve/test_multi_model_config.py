@@ -38,6 +38,29 @@ def test_two_entries_serving_one_name_are_refused():
         build_app({"device": "cpu", "models": [{"model_name": "x"}, {"model_name": "x", "num_replicas": 2}]})
 
 
+@pytest.mark.parametrize("models, field", [
+    ([{"model_name": "x", "model_aliases": ["y"]}, {"model_name": "y", "num_replicas": 2}],
+     r"models\.1\.model_name: 'y'"),
+    ([{"model_name": "x"}, {"model_name": "z", "model_aliases": ["x"]}], r"models\.1\.model_aliases: 'x'"),
+])
+def test_a_name_or_alias_served_by_two_entries_is_refused(models, field):
+    with pytest.raises(ValueError, match=field):
+        build_app({"device": "cpu", "models": models})
+
+
+def test_name_repeated_on_the_command_line_serves_the_model_under_each():
+    from fastdllm_ray.cli import build_parser
+    from fastdllm_ray.commands.serve import config_from_args
+    from fastdllm_ray.serve.replica import served_model_names
+
+    args = build_parser().parse_args(["serve", "--name", "tiny", "--name", "llada-8b-instruct", "--name", "llada"])
+    config = config_from_args(args)
+    assert (config.model_name, config.model_aliases) == ("tiny", ["llada-8b-instruct", "llada"])
+    assert served_model_names(config) == ["tiny", "llada-8b-instruct", "llada"]
+    with pytest.raises(ValidationError, match="model_aliases"):
+        AppConfig(model_aliases=[" "])
+
+
 def test_each_model_gets_its_own_engine_deployment():
     config = {"device": "cpu", "models": [{"model_name": "a"}, {"model_name": "b", "num_replicas": 3}]}
     ingress = build_app(config)._bound_deployment

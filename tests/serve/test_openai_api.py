@@ -37,7 +37,9 @@ def client(base_url) -> OpenAI:
 
 
 def test_health_and_models_list_the_shipped_model(base_url, client):
-    assert httpx.get(f"{base_url}/health").json() == {"status": "ok"}
+    health = httpx.get(f"{base_url}/health").json()
+    assert (health["status"], health["model_loaded"], health["models"][0]["name"]) == ("healthy", True,
+                                                                                      DEFAULT_MODEL_NAME)
     assert [m.id for m in client.models.list()] == [DEFAULT_MODEL_NAME]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fastdllm_ray import load_tokenizer
+from fastdllm_ray.decoding import policy_for
 from fastdllm_ray.model.config import LLaDAConfig
 from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME, default_model_path
 from fastdllm_ray.serve.convert import PromptEncoder, RequestError, chat_request, completion_request
@@ -30,10 +31,14 @@ def chat(**fields) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate({"model": DEFAULT_MODEL_NAME, **fields})
 
 
-def test_defaults_are_the_seed_servers(encoder):
-    params = chat_request(chat(), encoder, CONTEXT).params
-    assert (params.gen_length, params.steps, params.block_length) == (128, 128, 32)
-    assert (params.temperature, params.cache, params.threshold, params.factor) == (0.0, "dual", None, None)
+def test_unsent_settings_are_the_familys_whose_defaults_are_the_seed_servers(encoder):
+    llada = policy_for("llada", 101)
+    params = chat_request(chat(), encoder, CONTEXT, policy=llada).params
+    assert params.set_fields() == {}  # nothing sent: the family fills in its defaults
+    effective = llada.effective(params)
+    assert (effective.gen_length, effective.steps, effective.block_length) == (128, 128, 32)
+    assert (effective.temperature, effective.cache, effective.threshold, effective.factor) == (0.0, "dual", None, None)
+    assert effective.remasking == "low_confidence"
 
 
 def test_a_model_may_set_its_own_default_answer_length(encoder):
@@ -42,7 +47,7 @@ def test_a_model_may_set_its_own_default_answer_length(encoder):
     shipped = generation_config(default_model_path())["max_new_tokens"]
     assert shipped == 64  # the shipped model was trained on 64-token answers
     params = chat_request(chat(), encoder, CONTEXT, default_max_tokens=shipped).params
-    assert (params.gen_length, params.steps) == (64, 64)
+    assert (params.gen_length, params.steps) == (64, None)
     assert chat_request(chat(max_tokens=100), encoder, CONTEXT, default_max_tokens=shipped).params.gen_length == 100
 
 

@@ -1,4 +1,5 @@
-"""Sections of a shared markdown file (BENCHMARKS.md) that each benchmark rewrites on its own."""
+"""Sections of a shared markdown file (BENCHMARKS.md) that a command (`eval --benchmarks`, `loadtest`)
+or a benchmark script rewrites on its own."""
 
 from __future__ import annotations
 
