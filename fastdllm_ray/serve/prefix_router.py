@@ -15,7 +15,9 @@ which costs more than the prefill it saves. A hot prefix thus spreads: the repli
 lands on holds the prefix too and becomes one of its holders.
 
 Ongoing requests are Serve's own count per replica (running + waiting in the engine), read from
-the router's queue-length cache, or probed where the cache has none (as the default router does).
+the router's queue-length cache and probed where the cache has none, before every request with a
+whole block (Serve's own choice probes only its two candidates, and takes a cached busy one over an
+idle one it has not heard from lately); a request is counted on its replica as soon as it is chosen.
 
 What a replica holds: the router remembers, for every page key of every prompt it routed (the
 engine's keys: `prefix_keys` over the prompt's whole blocks, with the request's block length and

@@ -1,6 +1,6 @@
 """Scale-out suite: one local Ray cluster and one Serve app for the whole package, so that no
-module pays for a start. The app is what a multi-model deployment looks like: five models (four
-LLaDA, one Dream) behind one ingress, routed by the request's `model`, each sized for the module that uses it
+module pays for a start. The app is what a multi-model deployment looks like: six models (four
+LLaDA, one Dream, one Fast-dLLM v2) behind one ingress, routed by the request's `model`, each sized for the module that uses it
 (scaleout_models.py names them).
 
 The cluster declares more CPUs than the machine has: the tiny models' replicas are light, and
@@ -23,14 +23,14 @@ from typing import Iterator
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.scaleout.scaleout_models import APP, DREAM, FATES, PAIR, RANDOM, autoscaled_entry
-from tests.conftest import TINY_DREAM
+from tests.scaleout.scaleout_models import APP, DREAM, FATES, PAIR, PREFIX, RANDOM, autoscaled_entry
+from tests.conftest import TINY_DREAM, TINY_V2
 from tests.net import free_port
 
 from fastdllm_ray.model.shipped import default_model_path
 
 REF_CHECKPOINT = Path(__file__).resolve().parents[1] / "fixtures" / "refdata" / "checkpoint"
-CLUSTER_CPUS = 10
+CLUSTER_CPUS = 12
 DEPLOY_TIMEOUT_S = 240
 EXPORT_DEADLINE_S = 60
 FAST_METRICS = {
@@ -100,6 +100,11 @@ def app_config(random_model: Path) -> dict:
             # another model family: Dream's rules (shifted logits, `alg`) behind the same ingress
             {"model": str(TINY_DREAM), "model_name": DREAM, "num_replicas": 1,
              "engine": {"max_num_seqs": 4, "max_model_len": 256}},
+            # a block-diffusion family: prefix sharing and the prefix router (imbalance 4 // 2 = 2) on two
+            # replicas whose pools (40 pages of 16) are small enough that cached prefixes get evicted
+            {"model": str(TINY_V2), "model_name": PREFIX, "num_replicas": 2,
+             "engine": {"max_num_seqs": 4, "max_queue": 8, "max_model_len": 512, "page_size": 16,
+                        "num_pages": 40, "warm_up": False}},
         ],
     }
 

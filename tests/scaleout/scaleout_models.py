@@ -8,6 +8,7 @@ PAIR = "arith-pair"  # the shipped model on two one-slot replicas: load-aware ro
 RANDOM = "llada-random"  # the refdata checkpoint: a second model behind the ingress
 AUTOSCALED = "arith-autoscaled"  # the shipped model on 1..4 replicas
 DREAM = "dream-tiny"  # the embedded tiny Dream: a second model family behind the same ingress
+PREFIX = "v2-prefix"  # the tiny Fast-dLLM v2 on two replicas: prefix sharing and the prefix router
 
 # 2 ongoing requests per replica are its target: 8 clients ask for 4 replicas
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2,
@@ -23,4 +24,4 @@ def autoscaled_entry() -> dict:
 def engine_deployment(model: str) -> str:
     from fastdllm_ray.serve.builder import engine_deployment_name
 
-    return engine_deployment_name(model, num_models=5)
+    return engine_deployment_name(model, num_models=6)

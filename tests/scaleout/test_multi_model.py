@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from openai import BadRequestError, OpenAI
 from tests.conftest import TINY_DREAM
-from tests.scaleout.scaleout_models import AUTOSCALED, DREAM, FATES, PAIR, RANDOM
+from tests.scaleout.scaleout_models import AUTOSCALED, DREAM, FATES, PAIR, PREFIX, RANDOM
 
 from fastdllm_ray import generate, load_model, load_tokenizer
 from fastdllm_ray.model.shipped import default_model_path
@@ -37,7 +37,7 @@ def alone(checkpoint, question: str, max_model_len: int, **extra) -> tuple:
 
 def test_models_lists_every_model_with_its_own_length(client):
     cards = {card.id: card.model_extra["max_model_len"] for card in client.models.list().data}
-    assert cards == {FATES: 512, PAIR: 512, RANDOM: 1024, AUTOSCALED: 512, DREAM: 256}
+    assert cards == {FATES: 512, PAIR: 512, RANDOM: 1024, AUTOSCALED: 512, DREAM: 256, PREFIX: 512}
 
 
 def test_each_request_reaches_the_model_it_names(client, random_model_dir):
