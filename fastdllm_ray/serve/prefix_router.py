@@ -6,12 +6,12 @@ replicas then say whether they share, and where they do not it is Serve's power 
 The rule. A request goes to the replica that already holds the longest prefix of its prompt (of
 several, the one with the fewest ongoing requests) unless that replica has at least `imbalance`
 more ongoing requests than the least busy replica; then, as does every request whose prefix no
-replica holds, it goes by Serve's power of two choices (today's load-aware routing). `imbalance`
-is half the engine's seats (max_num_seqs // 2, at least 1; 8 for the default 16 seats): below
-that the holder runs the request in the same batched forwards as its others and skips the prefill
-of the prefix (a 2,000-token system prompt is 40 times the work of a 50-token question); beyond it
-the request would wait for a seat or be decoded in a batch half a batch larger than elsewhere,
-which costs more than the prefill it saves. A hot prefix thus spreads: the replica a spilled request
+replica holds, it goes by Serve's power of two choices (today's load-aware routing). `imbalance` is
+half the engine's seats (max_num_seqs // 2, at least 1; 8 for the default 16 seats): below that the
+holder runs the request in the same batched forwards as its others and skips the prefill of the
+prefix (a 2,000-token system prompt is 40 times the tokens of a 50-token question); beyond it the
+request would wait for a seat or be decoded in a batch half a batch larger than elsewhere, which
+costs more than the prefill it saves. A hot prefix thus spreads: the replica a spilled request
 lands on holds the prefix too and becomes one of its holders.
 
 Ongoing requests are Serve's own count per replica (running + waiting in the engine), read from
