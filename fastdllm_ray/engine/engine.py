@@ -249,10 +249,13 @@ class Engine:
 
     # ---- prefix sharing --------------------------------------------------------------------
     def _prompt_prefix_keys(self, seq: Sequence) -> list[tuple[bytes, int]]:
-        """The keys of the prompt's pages the sequence may take from the cache."""
-        policy = self.runner.policy
-        return prefix_keys(seq.prompt_ids[: policy.shareable_prefix(seq)], self.pool.page_size,
-                           policy.prefix_block(seq))
+        """The keys of the prompt's pages the sequence may take from the cache (hashed once: a
+        request waiting for pages is looked up again every step)."""
+        if seq.prompt_keys is None:
+            policy = self.runner.policy
+            seq.prompt_keys = prefix_keys(seq.prompt_ids[: policy.shareable_prefix(seq)], self.pool.page_size,
+                                          policy.prefix_block(seq))
+        return seq.prompt_keys
 
     def _offer_pages(self, seq: Sequence) -> None:
         """Registers the sequence's pages whose K/V became final, for later requests to share."""

@@ -41,6 +41,7 @@ class Sequence:
     cached_len: int = 0  # positions [0, cached_len) whose K/V came from shared pages
     forwards_saved: int = 0  # forwards that shared pages spared
     registered: int = 0  # pages already offered to the prefix cache
+    prompt_keys: list | None = None  # its prompt's prefix-cache keys, hashed once (engine._prompt_prefix_keys)
 
     @property
     def prompt_len(self) -> int:
