@@ -127,10 +127,12 @@ def main() -> None:
             torch.cuda.get_device_name(), "Fast-dLLM-v2-7B"
     longest = args.system + args.question + 4 * (args.question + 64) + 256
     rows = {}
+    engine = Engine(model, EngineConfig(max_num_seqs=args.seats, max_model_len=longest, max_queue=4096))
+    engine.warm_up()  # one warmed engine (graphs captured once); sharing switched off for the second pass
+    share_keys = engine.scheduler.prefix_keys
     for sharing in (True, False):
-        engine = Engine(model, EngineConfig(max_num_seqs=args.seats, max_model_len=longest, max_queue=4096,
-                                            prefix_sharing=sharing))
-        engine.warm_up()
+        engine.sharing = sharing
+        engine.scheduler.prefix_keys = share_keys if sharing else None
         workloads = {
             "system prompt": lambda: replay(engine, system_prompt_requests(args.requests, args.system, args.question,
                                                                            args.interval, vocab)),
@@ -143,9 +145,6 @@ def main() -> None:
         for name, run in workloads.items():
             rows[(name, sharing)] = run()
             print(json.dumps({"workload": name, "sharing": sharing, **rows[(name, sharing)]}), flush=True)
-        del engine
-        if device != "cpu":
-            torch.cuda.empty_cache()
     rows = {key: rows[key] for key in sorted(rows, key=lambda k: (list(dict.fromkeys(n for n, _ in rows)).index(k[0]),
                                                                    not k[1]))}
     command = "PYTHONPATH=. python3 benchmarks/prefix_sharing.py" + (" --tiny" if args.tiny else "")

@@ -65,6 +65,7 @@ def dream_model(_dream_model_session, monkeypatch):
 
 TINY_DREAM = Path(__file__).parent / "fixtures" / "tiny-dream"  # random weights, Dream's tokenizer shape
 TINY_V2 = Path(__file__).parent / "fixtures" / "tiny-v2"  # random weights, Fast-dLLM v2 format (make_tiny_v2.py)
+TINY_LLADA2 = Path(__file__).parent / "fixtures" / "tiny-llada2"  # random weights, LLaDA2.0 format (make_tiny_llada2)
 
 V2_REFDATA = Path(__file__).parent / "fixtures" / "refdata-v2"
 V2_CHECKPOINT = V2_REFDATA / "checkpoint"

@@ -10,9 +10,20 @@ import sys
 import time
 from typing import Optional
 
+
+def boolean(text: str) -> bool:
+    """true or false (yes/no, 1/0); `off` is not false here: it means the server's default."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise ValueError(text)
+    return value
+
+
 # setting -> how a typed value is read; None or "off" means the server's default
 SETTINGS = {"threshold": float, "factor": float, "block_length": int, "steps": int, "max_tokens": int,
-            "temperature": float, "cache": str, "alg": str, "top_p": float, "top_k": int}
+            "temperature": float, "cache": str, "alg": str, "top_p": float, "top_k": int,
+            "sub_block_length": int, "block_cache": boolean, "steps_per_block": int}
+KINDS = {int: "a whole number", float: "a number", boolean: "true or false"}  # for messages
 CACHE_MODES = ("dual", "prefix", "none")
 HELP = ("/settings                 show the decoding settings\n"
         "/settings threshold=0.8 block_length=16   change some (name=off: the server's default)\n"
@@ -41,6 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--alg", help="Dream models: entropy, maskgit_plus, topk_margin or confidence_threshold")
     parser.add_argument("--top-p", type=float, help="Dream models: nucleus of each position's distribution")
     parser.add_argument("--top-k", type=int, help="Dream models: candidates kept per position (server default 50)")
+    parser.add_argument("--sub-block-length", type=int, help="Fast-dLLM v2 models: sub-block size (server default 8)")
+    parser.add_argument("--block-cache", action=argparse.BooleanOptionalAction,
+                        help="Fast-dLLM v2 models: keep the block's own K/V between forwards (server default off)")
+    parser.add_argument("--steps-per-block", type=int,
+                        help="LLaDA2.0 models: forwards a block may take (server default 32)")
     parser.set_defaults(func=run)
 
 
@@ -74,8 +90,7 @@ def change_settings(settings: dict, words: list[str]) -> dict:
         try:
             changed[name] = SETTINGS[name](value)
         except ValueError:
-            kind = "whole number" if SETTINGS[name] is int else "number"
-            raise ValueError(f"{name}: {value!r} is not a {kind}") from None
+            raise ValueError(f"{name}: {value!r} is not {KINDS[SETTINGS[name]]}") from None
         if name == "cache" and changed[name] not in CACHE_MODES:
             raise ValueError(f"cache: {text!r} is not one of {', '.join(CACHE_MODES)}")
     if changed.get("threshold") is not None and changed.get("factor") is not None:

@@ -66,6 +66,12 @@ class CanvasPolicy(DecodingPolicy):
             start, end, kind = block_start, block_start + p.block_length, "dual"
         return RowPlan(start, end - start, seq.total_len, 0, block_start, p.block_length, self.columns(seq), kind)
 
+    def step_row(self, seq) -> tuple[int, int]:
+        """The block, cut back to gen_length: answer position p is in row p // block_length."""
+        p = seq.params
+        start = seq.state.block * p.block_length
+        return start, min(p.block_length, p.gen_length - start)
+
     def advance(self, seq, outcome: StepOutcome, end_ids: frozenset[int]) -> Advance:
         state, p = seq.state, seq.params
         self.after_step(seq, outcome.committed)

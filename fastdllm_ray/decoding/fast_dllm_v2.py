@@ -221,7 +221,20 @@ class FastDLLMV2Policy(DecodingPolicy):
 
     # ---- step events ------------------------------------------------------------------------
     def visible_answer(self, seq) -> int:
-        return seq.total_len + 1  # every generated id is returned
+        return seq.total_len - seq.prompt_len + 1  # every generated id, the last block's carried one included
+
+    def step_row(self, seq) -> tuple[int, int]:
+        """A block's row holds its generated positions: the first block's after the prompt's
+        tail, a later block's from the id carried into it. The store forward commits the id
+        that opens the next block, so its row is that block's; after the last block, the final
+        carried id is a row of its own."""
+        state, bs = seq.state, seq.params.block_length
+        block = state.block + (state.phase == STORE)
+        start = self._prefilled(seq.prompt_len, bs) + block * bs
+        if block == seq.params.gen_length // bs:
+            return start - seq.prompt_len, 1
+        first = max(start, seq.prompt_len) - seq.prompt_len
+        return first, start + bs - seq.prompt_len - first
 
     def block_remaining(self, seq, outcome: StepOutcome) -> int:
         state = seq.state

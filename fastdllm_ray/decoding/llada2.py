@@ -150,6 +150,13 @@ class LLaDA2Policy(DecodingPolicy):
         state.block, state.step, state.start = state.block + 1, 0, state.start + p.block_length
         return self._hand_back(state, block_end, None)
 
+    def step_row(self, seq) -> tuple[int, int]:
+        """The block's answer positions: the first block's after the prompt's tail, the last
+        one's up to gen_length."""
+        start, end = seq.state.start - seq.prompt_len, seq.state.start + seq.params.block_length - seq.prompt_len
+        first = max(start, 0)
+        return first, min(end, seq.params.gen_length) - first
+
     # ---- prefix sharing --------------------------------------------------------------------
     def shareable_prefix(self, seq) -> int:
         """The prompt-only blocks (the first decoded block holds the prompt's tail)."""

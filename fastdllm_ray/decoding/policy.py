@@ -152,6 +152,12 @@ class DecodingPolicy:
         """Answer positions at or past this are decoded but never returned."""
         return seq.params.gen_length
 
+    def step_row(self, seq) -> tuple[int, int]:
+        """The answer row of the step about to advance (call before `advance`): its first answer
+        position and its number of positions. Rows tile the answer from position 0 (a client
+        draws one per row: the playground's grid); a step commits only inside its row."""
+        raise NotImplementedError
+
     def block_remaining(self, seq, outcome: StepOutcome) -> int:
         """Masked positions left in the current answer block after the step."""
         return outcome.remaining

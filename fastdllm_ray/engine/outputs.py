@@ -34,6 +34,11 @@ class StepEvent:
     positions: list[int]  # answer positions (0 = first answer token) committed by this step
     token_ids: list[int]  # the token committed at each of those positions
     remaining: int  # positions of the block still masked after this step
+    # the answer row the step belongs to (decoding/policy.py step_row): rows tile the answer
+    # from position 0, one per block; a client draws a row when a step of a new row arrives
+    row_start: int = 0  # answer position of the row's first cell
+    row_cells: int = 0  # positions in the row
+    answer_cells: int = 0  # answer positions the request may fill at most (past its last row: never decoded)
 
 
 @dataclass

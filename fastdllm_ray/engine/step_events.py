@@ -19,4 +19,6 @@ def step_event(policy: DecodingPolicy, seq: Sequence, outcome: StepOutcome, mask
         if old == mask_id and new != mask_id and 0 <= offset + i < visible:
             positions.append(offset + i)
             token_ids.append(new)
-    return StepEvent(seq.state.block, seq.state.step + 1, positions, token_ids, policy.block_remaining(seq, outcome))
+    row_start, row_cells = policy.step_row(seq)
+    return StepEvent(seq.state.block, seq.state.step + 1, positions, token_ids, policy.block_remaining(seq, outcome),
+                     row_start, row_cells, visible)

@@ -198,9 +198,18 @@ def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model
             policy.validate(params)  # a field this model's family does not use, by name
             policy.effective(params)  # and the family's defaults fit the request (steps against its blocks)
     except ValueError as exc:
-        field = str(exc).split(":", 1)[0].split(" ")[0]
-        raise RequestError(str(exc), param=_REQUEST_FIELD.get(field, field)) from None
+        raise _named_by_request(exc) from None
     return params
+
+
+def _named_by_request(exc: ValueError) -> RequestError:
+    """A GenerationParams refusal ("gen_length: ...") in the names the client sent ("max_tokens: ...")."""
+    message = str(exc)
+    field = message.split(":", 1)[0].split(" ")[0]
+    sent = _REQUEST_FIELD.get(field, field)
+    if sent != field and message.startswith(field + ":"):
+        message = sent + message[len(field):]
+    return RequestError(message, param=sent)
 
 
 def _check_context(prompt_ids: list[int], params: GenerationParams, policy: Optional[DecodingPolicy],

@@ -132,7 +132,8 @@ class OpenAIIngress:
 
     @app.get("/v1/models", response_model=p.ModelList)
     async def models(self) -> p.ModelList:
-        return p.ModelList(data=[p.ModelCard(id=name, max_model_len=model.max_model_len)
+        return p.ModelList(data=[p.ModelCard(id=name, max_model_len=model.max_model_len, family=model.policy.family,
+                                             settings=model.settings)
                                  for name, model in self.models.names.items()])
 
     @app.get("/playground", include_in_schema=False)

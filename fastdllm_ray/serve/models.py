@@ -23,6 +23,8 @@ from fastdllm_ray.serve.config import AppConfig
 from fastdllm_ray.serve.convert import DEFAULT_MAX_TOKENS, PromptEncoder, RequestError
 from fastdllm_ray.serve.replica import resolve_model, served_model_names
 
+# a GenerationParams field a family takes -> the request fields that set it
+_REQUEST_FIELDS = {"cache": ("use_cache", "use_dual_cache")}
 STATUS_TIMEOUT_S = 5.0  # Serve's controller answers in milliseconds; past this /health says "not loaded"
 STATUS_TTL_S = 2.0  # probes every few seconds share one status read
 
@@ -44,6 +46,12 @@ class ServedModel:
     @property
     def algorithms(self) -> FamilyAlgorithms:
         return algorithms_of(self.policy)
+
+    @property
+    def settings(self) -> list[str]:
+        """The request fields of its family's own settings (what /v1/models lists, and the
+        playground shows)."""
+        return sorted(field for name in self.policy.accepts for field in _REQUEST_FIELDS.get(name, (name,)))
 
     @classmethod
     def load(cls, config: AppConfig, engine, device: str) -> "ServedModel":

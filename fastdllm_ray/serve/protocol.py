@@ -158,6 +158,10 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "fastdllm-ray"
     max_model_len: Optional[int] = None
+    family: Optional[str] = Field(None, description="the model's decoding family: LLaDA, Dream, Fast-dLLM v2, LLaDA2.0")
+    settings: Optional[list[str]] = Field(
+        None, description="the request fields of the family's own decoding settings, beside those every model takes "
+        "(max_tokens, block_length, threshold, temperature, generation_algorithm); another family's are refused")
 
 
 class ModelList(BaseModel):

@@ -51,3 +51,22 @@ def test_dreams_settings_travel_as_the_servers_fields():
     assert (body["alg"], body["top_p"], body["top_k"], body["temperature"]) == ("maskgit_plus", 0.95, 20, 0.2)
     with pytest.raises(ValueError, match="^top_k: '2.5' is not a whole number"):
         change_settings(DEFAULTS, ["top_k=2.5"])
+
+
+def test_block_diffusion_settings_are_flags_and_settings_sent_as_the_servers_fields():
+    from fastdllm_ray.cli import build_parser
+    from fastdllm_ray.commands.chat import SETTINGS
+
+    args = build_parser().parse_args(["chat", "--sub-block-length", "4", "--no-block-cache", "--steps-per-block", "8"])
+    from_flags = {name: getattr(args, name) for name in SETTINGS}
+    assert (from_flags["sub_block_length"], from_flags["block_cache"], from_flags["steps_per_block"]) == (4, False, 8)
+    assert build_parser().parse_args(["chat", "--block-cache"]).block_cache is True
+    settings = change_settings(DEFAULTS, ["sub-block-length=4", "block_cache=true", "steps_per_block=8"])
+    body = request_body("v2", [], settings)
+    assert (body["sub_block_length"], body["block_cache"], body["steps_per_block"]) == (4, True, 8)
+    assert request_body("v2", [], change_settings(settings, ["block_cache=false"]))["block_cache"] is False
+    assert "block_cache" not in request_body("v2", [], change_settings(settings, ["block_cache=off"]))  # the default
+    with pytest.raises(ValueError, match="^block_cache: 'maybe' is not true or false"):
+        change_settings(DEFAULTS, ["block_cache=maybe"])
+    with pytest.raises(ValueError, match="^steps_per_block: '2.5' is not a whole number"):
+        change_settings(DEFAULTS, ["steps_per_block=2.5"])

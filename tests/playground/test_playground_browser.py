@@ -1,7 +1,9 @@
 """The playground in a real headless browser (Debian's chromium through its chromedriver)
 against a real server: it asks "What is 2+2?", watches the answer cells go from masked to
 text over several steps, reads the figures, replays the steps and saves a screenshot; bad
-input shows the server's own message in the page.
+input shows the server's own message in the page. On the tiny Fast-dLLM v2 and LLaDA2.0
+models (a second app on the same cluster) the settings are the chosen model's family's, and
+the grid gains a row per block as the answer grows, every answer token in a cell.
 
 Set FASTDLLM_SCREENSHOT_DIR to keep the screenshot (docs/playground.png in the README comes
 from `FASTDLLM_SCREENSHOT_DIR=docs pytest tests/playground/test_playground_browser.py`)."""
@@ -15,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from fastdllm_ray.serve.config import AppConfig
+from tests.conftest import TINY_LLADA2, TINY_V2
 from tests.playground.conftest import API_KEY
+from tests.serve.alone import answer_alone, outputs_alone, served_view
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -28,6 +33,7 @@ from selenium import webdriver  # noqa: E402  (after the skip: only with a brows
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ANSWER = "2 + 2 = 4. The answer is 4."
@@ -95,6 +101,7 @@ def test_the_answer_fills_in_over_several_steps(page, tmp_path):
 
     answer = page.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant")[-1].text
     assert answer == ANSWER
+    assert shown_fields(page) == {"cache", "factor", "steps"}  # LLaDA's own settings
     stats = page.find_element(By.ID, "stats").text
     assert stats.startswith("NFE 8 · 3.50 tokens per forward · latency ") and "28 tokens" in stats
     assert re.search(r" · prompt \d+ tokens$", stats)  # LLaDA: nothing from the prefix cache, so no "cached"
@@ -145,3 +152,89 @@ def test_bad_input_shows_the_servers_message(page, field, value, message):
     assert len(page.find_elements(By.CSS_SELECTOR, "#messages .msg")) == messages_before  # nothing half-made
     if field != "message":
         set_field(page, field, "")  # back to the server's default
+
+
+FAMILY_FIELDS = ("cache", "factor", "steps", "sub_block_length", "block_cache", "steps_per_block")
+# the rows of the grid each time one is added, and the masked cells of the rows before it then
+WATCH_ROWS = """
+window.rowLog = [];
+new MutationObserver(() => {
+  const rows = Array.from(document.querySelectorAll('#canvas .block'));
+  const earlier = rows.slice(0, -1).flatMap((row) => Array.from(row.children));
+  window.rowLog.push({rows: rows.length, earlierMasked: earlier.filter((c) => c.classList.contains('mask')).length});
+}).observe(document.getElementById('canvas'), {childList: true});
+"""
+
+
+def shown_fields(page) -> set[str]:
+    return {field for field in FAMILY_FIELDS if page.find_element(By.ID, field).is_displayed()}
+
+
+def cell_text(text: str, special: bool) -> str:
+    """What the page writes in a cell (playground.js cellText)."""
+    return "\u220e" if special else text.replace(" ", "\u2423").replace("\n", "\u23ce")
+
+
+@pytest.fixture(scope="module")
+def block_diffusion_url(base_url):
+    """A second app on the playground tests' cluster, under /bd: the tiny v2 and LLaDA2.0 models."""
+    from ray import serve
+
+    from fastdllm_ray.serve.builder import build_app
+
+    config = AppConfig(api_keys=[API_KEY], num_cpus_per_replica=0.5, engine={"max_num_seqs": 4, "max_queue": 8},
+                       models=[{"model": str(TINY_V2), "model_name": "tiny-v2"},
+                               {"model": str(TINY_LLADA2), "model_name": "tiny-llada2"}])
+    serve.run(build_app(config), name="block-diffusion", route_prefix="/bd")  # returns once its replicas run
+    try:
+        yield f"{base_url}/bd"
+    finally:
+        serve.delete("block-diffusion")
+
+
+@pytest.mark.parametrize("model, settings, fields", [
+    ("tiny-v2", {"threshold": "0.9", "sub_block_length": "8", "block_cache": "true"},
+     {"sub_block_length", "block_cache"}),
+    ("tiny-llada2", {"steps_per_block": "8"}, {"steps_per_block"}),
+])
+def test_a_block_diffusion_answer_grows_a_row_per_block(browser, block_diffusion_url, model, settings, fields):
+    browser.get(f"{block_diffusion_url}/playground")
+    wait = WebDriverWait(browser, 30)
+    if not browser.find_element(By.ID, "key").get_attribute("value"):
+        browser.find_element(By.ID, "key").send_keys(API_KEY, Keys.TAB)
+    wait.until(lambda b: b.find_element(By.ID, "model").get_attribute("value") == "tiny-v2")
+    Select(browser.find_element(By.ID, "model")).select_by_value(model)
+    assert shown_fields(browser) == fields  # the family's own settings; LLaDA's are not sent
+    for field, value in settings.items():
+        if field == "block_cache":
+            Select(browser.find_element(By.ID, field)).select_by_value(value)
+        else:
+            set_field(browser, field, value)
+    browser.execute_script(WATCH_ROWS)
+    send(browser, "What is 12+7?")
+    WebDriverWait(browser, 120).until(lambda b: "NFE" in b.find_element(By.ID, "stats").text)
+
+    checkpoint = TINY_V2 if model == "tiny-v2" else TINY_LLADA2
+    body = {"messages": [{"role": "user", "content": "What is 12+7?"}],
+            **{k: v == "true" if k == "block_cache" else float(v) if "." in v else int(v) for k, v in settings.items()}}
+    text, result = answer_alone(checkpoint, body)
+    assert browser.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant")[-1].get_attribute("textContent") == text
+    assert browser.find_element(By.ID, "stats").text.startswith(f"NFE {result.nfe} ")
+    rows = []  # the engine's rows, in order: the first block holds the prompt's tail (v2: then a carried id's row)
+    for out in outputs_alone(checkpoint, body, stream_steps=True):
+        if not rows or rows[-1] != out.step.row_cells:
+            rows.append(out.step.row_cells)
+    drawn = [len(row.find_elements(By.CSS_SELECTOR, ".cell")) for row in browser.find_elements(By.CSS_SELECTOR,
+                                                                                                 "#canvas .block")]
+    assert drawn == rows and len(rows) >= 3, (drawn, rows)  # one row per block decoded, none drawn ahead
+    log = [entry for entry in browser.execute_script("return window.rowLog") if entry["rows"]]
+    assert [entry["rows"] for entry in log] == list(range(1, len(rows) + 1))  # one at a time, as the answer grew
+    assert all(entry["earlierMasked"] == 0 for entry in log)  # a new row once the blocks before it were decided
+    tokenizer = served_view(checkpoint).tokenizer
+    special = set(tokenizer.all_special_ids)
+    cells = browser.find_elements(By.CSS_SELECTOR, "#canvas .cell")
+    shown = [cell.get_attribute("textContent") for cell in cells[:len(result.token_ids)]]
+    assert shown == [cell_text(tokenizer.decode([t]), t in special) for t in result.token_ids]
+    assert not any("mask" in cell.get_attribute("class") for cell in cells)
+    if os.environ.get("FASTDLLM_SCREENSHOT_DIR"):
+        assert browser.save_screenshot(str(Path(os.environ["FASTDLLM_SCREENSHOT_DIR"]) / f"playground-{model}.png"))

@@ -49,6 +49,7 @@ def test_the_openai_client_parses_step_chunks_that_add_up_to_the_answer(client):
     assert [(s["block"], s["block_step"]) for s in steps] == [(0, i) for i in range(1, 9)]
     assert all(len(s["commits"]) == 4 and s["remaining"] == 32 - 4 * s["block_step"] for s in steps)
     assert {(s["block_length"], s["gen_length"]) for s in steps} == {(32, 64)}
+    assert {(s["row_start"], s["row_cells"], s["answer_cells"]) for s in steps} == {(0, 32, 64)}  # block 0's row
     commits = sorted((c["position"], c) for s in steps for c in s["commits"])
     assert [p for p, _ in commits] == list(range(32))  # every cell of block 0, once
     words = [c for _, c in commits]

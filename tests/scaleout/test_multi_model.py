@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 from openai import BadRequestError, OpenAI
-from tests.conftest import TINY_DREAM
-from tests.scaleout.scaleout_models import AUTOSCALED, DREAM, FATES, PAIR, PREFIX, RANDOM
+from tests.conftest import TINY_DREAM, TINY_LLADA2, TINY_V2
+from tests.scaleout.scaleout_models import AUTOSCALED, DREAM, FATES, LLADA2, PAIR, PREFIX, RANDOM, V2
+from tests.serve.alone import answer_alone
 
 from fastdllm_ray import generate, load_model, load_tokenizer
 from fastdllm_ray.model.shipped import default_model_path
@@ -37,7 +38,8 @@ def alone(checkpoint, question: str, max_model_len: int, **extra) -> tuple:
 
 def test_models_lists_every_model_with_its_own_length(client):
     cards = {card.id: card.model_extra["max_model_len"] for card in client.models.list().data}
-    assert cards == {FATES: 512, PAIR: 512, RANDOM: 1024, AUTOSCALED: 512, DREAM: 256, PREFIX: 512}
+    assert cards == {FATES: 512, PAIR: 512, RANDOM: 1024, AUTOSCALED: 512, DREAM: 256, V2: 512, LLADA2: 512,
+                     PREFIX: 512}
 
 
 def test_each_request_reaches_the_model_it_names(client, random_model_dir):
@@ -82,3 +84,30 @@ def test_llada_and_dream_behind_one_ingress_each_by_its_own_rules(client):
         client.chat.completions.create(model=FATES, messages=[{"role": "user", "content": question}],
                                        extra_body={**SETTINGS, **dream_only})
     assert refused.value.body["param"] == "alg"
+
+
+@pytest.mark.parametrize("name, checkpoint, own", [
+    (V2, TINY_V2, {"threshold": 0.9, "sub_block_length": 4, "block_cache": True}),
+    (LLADA2, TINY_LLADA2, {"threshold": 0.8, "steps_per_block": 8}),
+])
+def test_block_diffusion_models_behind_the_same_ingress_each_by_its_own_rules(client, name, checkpoint, own):
+    messages = [{"role": "user", "content": "What is 17+25?"}]
+    reply = client.chat.completions.create(model=name, messages=messages, max_tokens=64, extra_body=own)
+    text, alone = answer_alone(checkpoint, {"messages": messages, "max_tokens": 64, **own})
+    assert reply.model == name
+    assert (reply.choices[0].message.content, reply.choices[0].finish_reason, reply.usage.completion_tokens,
+            reply.usage.nfe) == (text, alone.finish_reason, len(alone.token_ids), alone.nfe)
+
+
+@pytest.mark.parametrize("name, body, field", [
+    (V2, {"steps_per_block": 8}, "steps_per_block"),  # LLaDA2.0's, on Fast-dLLM v2
+    (V2, {"steps": 64}, "steps"),  # LLaDA's and Dream's
+    (LLADA2, {"sub_block_length": 8}, "sub_block_length"),  # Fast-dLLM v2's, on LLaDA2.0
+    (LLADA2, {"use_cache": False}, "use_cache"),
+    (FATES, {"block_cache": True}, "block_cache"),  # Fast-dLLM v2's, on LLaDA
+    (DREAM, {"steps_per_block": 8}, "steps_per_block"),  # LLaDA2.0's, on Dream
+])
+def test_a_field_of_one_family_is_refused_by_name_on_another(client, name, body, field):
+    with pytest.raises(BadRequestError) as refused:
+        client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], extra_body=body)
+    assert refused.value.body["param"] == field

@@ -4,9 +4,10 @@
 // with textContent (never parsed as HTML).
 
 const $ = (id) => document.getElementById(id);
-const SETTINGS = ["threshold", "factor", "block_length", "steps", "max_tokens"];
+const SETTINGS = ["threshold", "factor", "block_length", "steps", "sub_block_length", "steps_per_block", "max_tokens"];
 const REPLAY_STEP_MS = 250;
 let history = []; // the conversation so far, sent with every request
+let familySettings = {}; // model name -> the request fields of its family's own settings (/v1/models)
 let lastSteps = []; // the last answer's step events, for the replay
 let busy = false;
 
@@ -39,12 +40,27 @@ async function loadModels() {
       const hint = response.status === 401 ? " (type a key in the API key field above)" : "";
       return showError(await errorMessage(response) + hint);
     }
-    const ids = (await response.json()).data.map((card) => card.id);
-    $("model").replaceChildren(...ids.map((id) => new Option(id, id)));
+    const cards = (await response.json()).data;
+    familySettings = Object.fromEntries(cards.map((card) => [card.id, card.settings]));
+    $("model").replaceChildren(...cards.map((card) => new Option(card.id, card.id)));
+    showFamilySettings();
     showError("");
   } catch (err) {
     showError("cannot reach the server: " + err.message);
   }
+}
+
+function showFamilySettings() {
+  // a family's own fields (data-field) show for a model of that family only; another's would be refused
+  const own = familySettings[$("model").value];
+  if (!Array.isArray(own)) return;
+  for (const label of document.querySelectorAll("#settings label[data-field]")) {
+    label.hidden = !own.includes(label.dataset.field);
+  }
+}
+
+function shown(id) {
+  return !$(id).closest("label").hidden;
 }
 
 function numberOrText(raw) {
@@ -57,11 +73,14 @@ function numberOrText(raw) {
 function requestBody(messages) {
   const body = {model: $("model").value, messages, stream: true, stream_steps: true,
                 stream_options: {include_usage: true}};
-  const cache = $("cache").value;
-  body.use_cache = cache !== "none";
-  body.use_dual_cache = cache === "dual";
+  if (shown("cache")) {
+    const cache = $("cache").value;
+    body.use_cache = cache !== "none";
+    body.use_dual_cache = cache === "dual";
+  }
+  if (shown("block_cache") && $("block_cache").value) body.block_cache = $("block_cache").value === "true";
   for (const name of SETTINGS) {
-    if ($(name).value.trim() !== "") body[name] = numberOrText($(name).value);
+    if (shown(name) && $(name).value.trim() !== "") body[name] = numberOrText($(name).value);
   }
   return body;
 }
@@ -99,31 +118,42 @@ function cellText(text, special) {
 }
 
 const canvas = {
-  cells: [],
+  cells: [], // by answer position
   steps: 0,
+  last: null, // the latest step: its block length and the most cells the answer may fill
   clear(note) {
     this.cells = [];
     this.steps = 0;
+    this.last = null;
     $("canvas").replaceChildren();
     $("progress").textContent = note;
   },
-  draw(genLength, blockLength) {
-    for (let start = 0; start < genLength; start += blockLength) {
-      const block = document.createElement("div");
-      block.className = "block";
-      block.dataset.label = `block ${start / blockLength}`;
-      for (let position = start; position < Math.min(start + blockLength, genLength); position++) {
-        const cell = document.createElement("div");
-        cell.className = "cell mask";
-        cell.title = `position ${position}: masked`;
-        block.append(cell);
-        this.cells.push(cell);
-      }
-      $("canvas").append(block);
+  addRow(count, unused) {
+    // the next row of the answer: one block's positions, from the first position without a cell
+    const block = document.createElement("div");
+    block.className = "block";
+    block.dataset.label = `block ${$("canvas").children.length}`;
+    for (let i = 0; i < count; i++) {
+      const cell = document.createElement("div");
+      const position = this.cells.length;
+      cell.className = unused ? "cell unused" : "cell mask";
+      cell.title = `position ${position}: ` + (unused ? "never decoded: the answer ended before it" : "masked");
+      block.append(cell);
+      this.cells.push(cell);
     }
+    $("canvas").append(block);
+  },
+  reach(step) {
+    // rows come in answer order, a step of a new row draws it (blocks need not align with the
+    // answer: block-diffusion models' first block holds the prompt's tail)
+    while (this.cells.length < step.row_start) {
+      this.addRow(Math.min(step.block_length, step.row_start - this.cells.length), false);
+    }
+    if (this.cells.length === step.row_start) this.addRow(step.row_cells, false);
   },
   apply(step) {
-    if (this.cells.length === 0) this.draw(step.gen_length, step.block_length);
+    this.last = step;
+    this.reach(step);
     this.steps += 1;
     for (const cell of this.cells) cell.classList.remove("new");
     for (const commit of step.commits) {
@@ -145,6 +175,10 @@ const canvas = {
         cell.className = "cell unused";
         cell.title += " (never decoded: the answer ended before it)";
       }
+    }
+    const last = this.last;
+    while (last && this.cells.length < last.answer_cells) {
+      this.addRow(Math.min(last.block_length, last.answer_cells - this.cells.length), true);
     }
   },
 };
@@ -268,6 +302,7 @@ $("key").addEventListener("change", () => {
   sessionStorage.setItem("fastdllm-key", $("key").value.trim());
   loadModels();
 });
+$("model").addEventListener("change", showFamilySettings);
 $("ask").addEventListener("submit", send);
 $("message").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey) {
