@@ -7,6 +7,8 @@ tests/scaleout/test_prefix_routing.py."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from ray.serve._private.common import RequestMetadata
 from ray.serve.request_router import PendingRequest
@@ -30,9 +32,13 @@ from tests.engine.test_prefix_sharing import run
 
 
 def generate_call(prompt, params, method: str = "generate") -> PendingRequest:
-    """A pending request as the ingress's handle makes it: EngineReplica.generate's arguments."""
-    return PendingRequest(args=[prompt, params, "rid", False], kwargs={},
-                          metadata=RequestMetadata(request_id="r", internal_request_id="i", call_method=method))
+    """A pending request as the ingress's handle makes it: EngineReplica.generate's arguments (made
+    in an event loop, as the handle does: its future needs one)."""
+    async def make() -> PendingRequest:
+        return PendingRequest(args=[prompt, params, "rid", False], kwargs={},
+                              metadata=RequestMetadata(request_id="r", internal_request_id="i", call_method=method))
+
+    return asyncio.run(make())
 
 
 def test_routed_keys_name_the_pages_a_replica_registered_for_that_prefix():
