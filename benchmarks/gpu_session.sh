@@ -7,6 +7,7 @@
 #   v2        Fast-dLLM v2 7B shape: block steps at batch 1 and 32, block cache, block vs decode step
 #   llada2    LLaDA2.0-mini shape: steps at batch 1 and 32, and its MoE layer's grouped GEMMs
 #   traffic   the traffic benchmark with v2 requests (arrivals vs the static batch)
+#   traffic-llada2  the same with LLaDA2.0 requests
 #   prefix    prefix sharing: a shared system prompt, 4-turn chats and plain traffic, on and off
 #   canvas    LLaDA-8B and Dream-7B block steps at batch 1 and 32 (the families before this change)
 set -uo pipefail
@@ -24,6 +25,7 @@ run_stage() {
             python3 benchmarks/gpu.py --budget 4 --shape llada2-mini --agreement "" \
               --configs quota:1:128:256,quota:32:128:256 2>&1 | tail -12 ;;
     traffic) python3 benchmarks/traffic.py --shape fast-dllm-v2-7b --requests 96 --out-dir "$out" 2>&1 | tail -14 ;;
+    traffic-llada2) python3 benchmarks/traffic.py --shape llada2-mini --requests 96 2>&1 | tail -14 ;;
     prefix) python3 benchmarks/prefix_sharing.py --out-dir "$out" 2>&1 | tail -16 ;;
     canvas) for shape in llada-8b dream-7b; do
               python3 benchmarks/gpu.py --budget 4 --shape "$shape" --agreement "" \

@@ -1,6 +1,7 @@
 """Serving under real traffic, engine level: does the engine keep its static-batch speed when
 requests arrive at any time with any lengths? (GPU, LLaDA-8B shape, random bf16, dual cache; or
-`--shape fast-dllm-v2-7b`: Fast-dLLM v2 requests, each forward finishing a sub-block of 2 or 4.)
+`--shape fast-dllm-v2-7b`: Fast-dLLM v2 requests, each forward finishing a sub-block of 2 or 4;
+`--shape llada2-mini`: LLaDA2.0 requests with a quota of 2 or 4 a step.)
 
 In one run, on one warmed engine (warm_up() first; every capture after it is counted):
 - traffic: requests joining at staggered engine steps (prompts 32-512, answers 64-512, blocks
@@ -142,7 +143,7 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, help="profile N traffic steps (4 tokens/step) and stop")
     args = ap.parse_args()
     shape, shape_config, model_class = SHAPES[args.shape]
-    family = "block" if getattr(shape_config, "causal_block", 0) else "canvas"
+    family = {"fast-dllm-v2-7b": "block", "llada2-mini": "quota"}.get(args.shape, "canvas")
     model = random_model(shape_config, model_class=model_class)
     engine = Engine(model, EngineConfig(max_num_seqs=args.seats, max_model_len=1024 + 64, max_queue=4 * args.requests))
     start = time.perf_counter()

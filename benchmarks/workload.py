@@ -26,7 +26,11 @@ class Request:
 def tokens_per_step_params(gen: int, block: int, tokens_per_step: int, family: str = "canvas") -> GenerationParams:
     """`tokens_per_step` tokens committed a step: LLaDA/Dream's fixed schedule with the dual cache
     (steps = gen / tokens_per_step), or (family "block": Fast-dLLM v2) sub-blocks of that many
-    positions with a threshold every position passes, so each forward finishes its sub-block."""
+    positions with a threshold every position passes, so each forward finishes its sub-block, or
+    (family "quota": LLaDA2.0) a quota of that many a step and a threshold none passes."""
+    if family == "quota":
+        return GenerationParams(gen_length=gen, block_length=block, steps_per_block=block // tokens_per_step,
+                                threshold=1.0, stop_at_eos=False)
     if family == "block":
         return GenerationParams(gen_length=gen, block_length=block, sub_block_length=tokens_per_step,
                                 threshold=1e-30, stop_at_eos=False)
