@@ -1,6 +1,6 @@
 """`fastdllm-ray chat`: a multi-turn terminal chat with a running server, through its OpenAI
-API. Answers stream in as their blocks finish; after each one: NFE, tokens per forward and
-tokens/s. /settings shows or changes the decoding settings, /reset forgets the conversation,
+API. Answers stream in as their blocks finish; after each one: NFE, tokens per forward, tokens/s
+and the prompt tokens (those the server's prefix cache held too). /settings shows or changes the decoding settings, /reset forgets the conversation,
 Ctrl-C stops an answer, Ctrl-D quits. It starts no server of its own."""
 
 from __future__ import annotations
@@ -109,8 +109,11 @@ def summary(usage: Optional[dict], seconds: float) -> str:
     if not usage or not usage.get("nfe"):
         return f"[{seconds:.2f} s]"
     tokens, nfe = usage["completion_tokens"], usage["nfe"]
+    # prompt tokens the server's prefix cache held (models that share prefixes: a chat's next turn)
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     return (f"[NFE {nfe} · {tokens / nfe:.2f} tokens/forward · {tokens} tokens in {seconds:.2f} s · "
-            f"{tokens / max(seconds, 1e-9):.1f} tokens/s · prompt {usage['prompt_tokens']} tokens]")
+            f"{tokens / max(seconds, 1e-9):.1f} tokens/s · prompt {usage['prompt_tokens']} tokens"
+            + (f", {cached} cached]" if cached else "]"))
 
 
 class ChatSession:

@@ -6,13 +6,18 @@ config file, the `fastdllm-ray serve` CLI and the KubeRay RayService all come th
 
 from __future__ import annotations
 
-from typing import Any, Union
+import functools
+import json
+from pathlib import Path
+from typing import Any, Optional, Union
 
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from fastdllm_ray.serve.config import AppConfig
 from fastdllm_ray.serve.ingress import OpenAIIngress
-from fastdllm_ray.serve.replica import EngineReplica, served_model_name, served_model_names
+from fastdllm_ray.serve.prefix_router import PrefixAffinityRouter, imbalance_for
+from fastdllm_ray.serve.replica import EngineReplica, resolve_model, served_model_name, served_model_names
 
 HEALTH_CHECK_PERIOD_S = 10
 
@@ -39,6 +44,37 @@ def resolve_placement(config: AppConfig) -> AppConfig:
     return config.model_copy(update={"device": device, "num_gpus_per_replica": gpus})
 
 
+@functools.lru_cache(maxsize=None)
+def checkpoint_model_type(model: str) -> Optional[str]:
+    """config.json's model_type of a local checkpoint, or of a hub id's config.json where this
+    machine's HF cache has it; None otherwise (never a download: the replicas fetch the model)."""
+    path = Path(model).expanduser()
+    try:
+        if path.is_dir():
+            config_file = path / "config.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            config_file = Path(hf_hub_download(model, "config.json", local_files_only=True))
+        return json.loads(config_file.read_text()).get("model_type")
+    except Exception:  # not cached, not a hub id, no config: the replicas will know
+        return None
+
+
+def routes_by_prefix(config: AppConfig) -> bool:
+    """Whether this config's engines get the prefix router: routing and sharing on, and a family
+    whose decoding policy shares (block-diffusion), or one the builder cannot read offline (then
+    the replicas say whether they share; LLaDA and Dream replicas never do)."""
+    if not (config.prefix_routing and config.engine.prefix_sharing):
+        return False
+    import fastdllm_ray.decoding  # noqa: F401  (every family registers its policy on import)
+    from fastdllm_ray.decoding.policy import registered_policies
+
+    model_type = checkpoint_model_type(resolve_model(config))
+    policy = registered_policies().get(model_type)
+    return model_type is None or policy is None or policy.shares_prefix
+
+
 def replica_options(config: AppConfig) -> dict[str, Any]:
     """Serve options of the engine deployment, sized from the engine's capacity."""
     engine = config.engine
@@ -54,6 +90,10 @@ def replica_options(config: AppConfig) -> dict[str, Any]:
         # accepted request may run for up to request_timeout_s (Serve's default waits 20 s)
         "graceful_shutdown_timeout_s": config.request_timeout_s + HEALTH_CHECK_PERIOD_S,
     }
+    if routes_by_prefix(config):  # else Serve's power of two choices, as ever
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class=PrefixAffinityRouter,
+            request_router_kwargs={"imbalance": imbalance_for(engine.max_num_seqs)})
     if config.num_replicas is not None:
         options["num_replicas"] = config.num_replicas
     else:

@@ -23,6 +23,8 @@ class EngineSettings(BaseModel):
                                      "max_num_seqs sequences of max_model_len")
     warm_up: bool = Field(True, description="capture every CUDA graph and compile before traffic, so no "
                           "request pays for compilation or capture")
+    prefix_sharing: bool = Field(True, description="requests whose prompts begin alike share the K/V pages of "
+                                 "their common whole blocks (block-diffusion models only: Fast-dLLM v2)")
 
 
 class AutoscalingSettings(BaseModel):
@@ -71,6 +73,9 @@ class AppConfig(BaseModel):
     request_timeout_s: float = Field(600.0, gt=0)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body; more is refused with 413")
     seed: int = Field(0, description="engine seed for temperature > 0 and random remasking")
+    prefix_routing: bool = Field(True, description="send a request to the replica that holds its prompt's "
+                                 "longest prefix unless that one is much busier (models that share prefixes; "
+                                 "serve/prefix_router.py); false: Serve's power-of-two routing")
     playground: bool = Field(True, description="serve the web playground page at /playground (it uses the "
                              "same /v1 API and keys as any client)")
     models: list[dict[str, Any]] = Field(

@@ -71,6 +71,7 @@ class _Answer:
         self.params = req.params
         self.finish_reason: Optional[str] = None
         self.nfe: Optional[int] = None
+        self.cached_tokens = 0  # prompt tokens the prefix cache served (known once the engine is done)
         self.engine_done = False  # the replica sent its last block (else it may still be working)
 
     def add(self, out) -> str:
@@ -83,6 +84,7 @@ class _Answer:
                                    type="server_error", code="engine_error")
             self.finish_reason = out.result.finish_reason
             self.nfe = out.result.nfe
+            self.cached_tokens = out.result.cached_tokens
         if self.text.stopped:
             self.finish_reason = "stop"
         if self.finish_reason is not None:
@@ -96,7 +98,8 @@ class _Answer:
     def usage(self) -> p.Usage:
         n = len(self.text.token_ids)
         return p.Usage(prompt_tokens=self.prompt_tokens, completion_tokens=n,
-                       total_tokens=self.prompt_tokens + n, nfe=self.nfe)
+                       total_tokens=self.prompt_tokens + n, nfe=self.nfe,
+                       prompt_tokens_details=p.PromptTokensDetails(cached_tokens=self.cached_tokens))
 
 
 @serve.deployment

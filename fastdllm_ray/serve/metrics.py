@@ -25,6 +25,14 @@ SessionName, Version, WorkerId, otel_scope_*). Names as scraped, with our labels
   ray_fastdllm_peak_batch_size{model,replica}              gauge    largest batch since the replica started
   ray_fastdllm_running_requests{model,replica}             gauge    sequences holding a cache slot
   ray_fastdllm_queue_length{model,replica}                 gauge    requests waiting for a slot
+  ray_fastdllm_cached_prompt_tokens_total{model,replica}   counter  prompt tokens of finished requests whose
+        K/V came from the prefix cache (block-diffusion models; exported from a replica's first hit on)
+  ray_fastdllm_prefix_cache_hit_rate{model,replica}        gauge    cached prompt tokens / prompt tokens of the
+        requests the replica admitted (0 where the model never shares: LLaDA, Dream)
+  ray_fastdllm_prefix_cache_pages{model,replica}           gauge    K/V pages the prefix cache holds (in use or idle)
+  ray_fastdllm_prefix_cache_evictions_total{model,replica} counter  idle cached pages evicted for room
+  ray_fastdllm_prefill_forwards_saved_total{model,replica} counter  prefill forwards skipped (the cache held the
+        whole prompt's prefill)
   ray_fastdllm_time_to_first_block_seconds{model,replica}  histogram  arrival -> first final block
   ray_fastdllm_request_latency_seconds{model,replica}      histogram  arrival -> last block
   ray_fastdllm_http_requests_total{model,route,code}       counter  ingress responses by HTTP status
@@ -75,14 +83,25 @@ class ReplicaMetrics:
         self.peak_batch_size = make(Gauge, "fastdllm_peak_batch_size", "largest engine batch so far")
         self.running = make(Gauge, "fastdllm_running_requests", "sequences holding a cache slot")
         self.queue_length = make(Gauge, "fastdllm_queue_length", "requests waiting for a cache slot")
+        self.cached_prompt_tokens = make(Counter, "fastdllm_cached_prompt_tokens_total",
+                                         "prompt tokens served from the prefix cache")
+        self.prefix_cache_hit_rate = make(Gauge, "fastdllm_prefix_cache_hit_rate",
+                                          "prompt tokens served from the prefix cache / prompt tokens")
+        self.prefix_cache_pages = make(Gauge, "fastdllm_prefix_cache_pages", "K/V pages held by the prefix cache")
+        self.prefix_evictions = make(Counter, "fastdllm_prefix_cache_evictions_total",
+                                     "idle prefix cache pages evicted for room")
+        self.forwards_saved = make(Counter, "fastdllm_prefill_forwards_saved_total",
+                                   "prefill forwards the prefix cache spared")
         self.ttfb = make(Histogram, "fastdllm_time_to_first_block_seconds", "arrival to first final block",
                          boundaries=LATENCY_BOUNDARIES_S)
         self.latency = make(Histogram, "fastdllm_request_latency_seconds", "arrival to last block",
                             boundaries=LATENCY_BOUNDARIES_S)
-        self._forwards_seen: dict[tuple[str, str | None], int] = {}  # counter -> engine count already exported
+        self._counts_seen: dict[tuple[str, str | None], int] = {}  # counter -> engine count already exported
 
     def observe_result(self, result: GenerationResult) -> None:
         self.prompt_tokens.inc(len(result.prompt_ids))
+        if result.cached_tokens:
+            self.cached_prompt_tokens.inc(result.cached_tokens)
         if result.token_ids:
             self.generated_tokens.inc(len(result.token_ids))
         if result.nfe:
@@ -100,13 +119,16 @@ class ReplicaMetrics:
         self.running.set(running)
         self.queue_length.set(waiting)
         self.kv_cache_usage.set(stats.kv_cache_usage)
+        self.prefix_cache_hit_rate.set(stats.prefix_cache_hit_rate)
+        self.prefix_cache_pages.set(stats.cached_pages)
         counts = {("forwards", kind): count for kind, count in list(stats.forwards.items())}
-        counts.update({("model_forwards", None): stats.model_forwards, ("graph_captures", None): stats.graph_captures})
+        counts.update({("model_forwards", None): stats.model_forwards, ("graph_captures", None): stats.graph_captures,
+                       ("prefix_evictions", None): stats.evictions, ("forwards_saved", None): stats.forwards_saved})
         for (name, kind), count in counts.items():  # counters advance by what the engine did since
-            new = count - self._forwards_seen.get((name, kind), 0)
+            new = count - self._counts_seen.get((name, kind), 0)
             if new > 0:
                 getattr(self, name).inc(new, tags={"kind": kind} if kind else None)
-                self._forwards_seen[(name, kind)] = count
+                self._counts_seen[(name, kind)] = count
 
 
 class GaugeSampler:

@@ -98,10 +98,16 @@ class ChatCompletionRequest(FastDLLMFields):
 
 
 # ---- responses ----------------------------------------------------------------------------
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(0, description="prompt tokens whose K/V came from the prefix cache (models that "
+                                              "share prefixes: Fast-dLLM v2); always 0 on LLaDA and Dream")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
     nfe: Optional[int] = Field(None, description="forward evaluations spent on this request")
 
 

@@ -64,7 +64,8 @@ class EngineReplica:
         engine = Engine(model, EngineConfig(max_num_seqs=settings.max_num_seqs,
                                             max_model_len=settings.max_model_len,
                                             max_queue=settings.max_queue, seed=self.config.seed,
-                                            page_size=settings.page_size, num_pages=settings.num_pages))
+                                            page_size=settings.page_size, num_pages=settings.num_pages,
+                                            prefix_sharing=settings.prefix_sharing))
         warm_s = engine.warm_up() if settings.warm_up else 0.0
         self.engine = AsyncEngine(engine)
         try:
@@ -104,6 +105,12 @@ class EngineReplica:
             if not finished:  # cancelled, perhaps before the stream was first awaited
                 self.engine.abort(request_id)
 
+    def record_replica_metadata(self) -> dict:
+        """Told once to every router of this deployment (Serve's hook, when the replica is ready):
+        whether prompts share prefixes here, and by which page size (serve/prefix_router.py)."""
+        engine = self.engine.engine
+        return {"prefix_sharing": engine.sharing, "page_size": engine.pool.page_size}
+
     def stats(self) -> dict:
         """Engine counters for tests, benchmarks and debugging (the metrics carry the same)."""
         engine = self.engine.engine
@@ -115,7 +122,11 @@ class EngineReplica:
             "tokens_per_forward": s.tokens_per_forward, "cache_hit_rate": s.cache_hit_rate,
             "finished": dict(s.finished), "loop_failures": self.engine.loop_failures,
             "max_model_len": engine.max_model_len, "graph_captures": s.graph_captures,
-            "kv_cache_usage": s.kv_cache_usage,
+            "kv_cache_usage": s.kv_cache_usage, "replica": self.replica_id,
+            # prefix sharing (block-diffusion models; zeros elsewhere)
+            "prefix_sharing": engine.sharing, "prompt_tokens": s.prompt_tokens,
+            "cached_prompt_tokens": s.cached_prompt_tokens, "prefix_cache_hit_rate": s.prefix_cache_hit_rate,
+            "forwards_saved": s.forwards_saved, "cached_pages": s.cached_pages, "evictions": s.evictions,
         }
 
     def check_health(self) -> None:

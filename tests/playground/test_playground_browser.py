@@ -11,6 +11,7 @@ from `FASTDLLM_SCREENSHOT_DIR=docs pytest tests/playground/test_playground_brows
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -103,6 +104,7 @@ def test_the_answer_fills_in_over_several_steps(page, tmp_path):
     assert shown_fields(page) == {"cache", "factor", "steps"}  # LLaDA's own settings
     stats = page.find_element(By.ID, "stats").text
     assert stats.startswith("NFE 8 · 3.50 tokens per forward · latency ") and "28 tokens" in stats
+    assert re.search(r" · prompt \d+ tokens$", stats)  # LLaDA: nothing from the prefix cache, so no "cached"
 
     log = page.execute_script("return window.cellLog")
     cells = page.find_elements(By.CSS_SELECTOR, "#canvas .cell")

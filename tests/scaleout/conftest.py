@@ -1,6 +1,6 @@
 """Scale-out suite: one local Ray cluster and one Serve app for the whole package, so that no
-module pays for a start. The app is what a multi-model deployment looks like: seven models (four
-LLaDA, one Dream, one Fast-dLLM v2, one LLaDA2.0) behind one ingress, routed by the request's
+module pays for a start. The app is what a multi-model deployment looks like: eight models (four
+LLaDA, one Dream, two Fast-dLLM v2, one LLaDA2.0) behind one ingress, routed by the request's
 `model`, each sized for the module that uses it (scaleout_models.py names them).
 
 The cluster declares more CPUs than the machine has: the tiny models' replicas are light, and
@@ -23,14 +23,14 @@ from typing import Iterator
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.scaleout.scaleout_models import APP, DREAM, FATES, LLADA2, PAIR, RANDOM, V2, autoscaled_entry
+from tests.scaleout.scaleout_models import APP, DREAM, FATES, LLADA2, PAIR, PREFIX, RANDOM, V2, autoscaled_entry
 from tests.conftest import TINY_DREAM, TINY_LLADA2, TINY_V2
 from tests.net import free_port
 
 from fastdllm_ray.model.shipped import default_model_path
 
 REF_CHECKPOINT = Path(__file__).resolve().parents[1] / "fixtures" / "refdata" / "checkpoint"
-CLUSTER_CPUS = 12
+CLUSTER_CPUS = 14  # one per replica (13, the autoscaled model at its 4) and one spare
 DEPLOY_TIMEOUT_S = 240
 EXPORT_DEADLINE_S = 60
 FAST_METRICS = {
@@ -103,6 +103,11 @@ def app_config(random_model: Path) -> dict:
             # the block-diffusion families: their own rules (carried ids, sub-blocks, quotas per block)
             {"model": str(TINY_V2), "model_name": V2, "num_replicas": 1, "engine": {"max_num_seqs": 4}},
             {"model": str(TINY_LLADA2), "model_name": LLADA2, "num_replicas": 1, "engine": {"max_num_seqs": 4}},
+            # a block-diffusion family: prefix sharing and the prefix router (imbalance 4 // 2 = 2) on two
+            # replicas whose pools (40 pages of 16) are small enough that cached prefixes get evicted
+            {"model": str(TINY_V2), "model_name": PREFIX, "num_replicas": 2,
+             "engine": {"max_num_seqs": 4, "max_queue": 8, "max_model_len": 512, "page_size": 16,
+                        "num_pages": 40, "warm_up": False}},
         ],
     }
 

@@ -10,6 +10,7 @@ AUTOSCALED = "arith-autoscaled"  # the shipped model on 1..4 replicas
 DREAM = "dream-tiny"  # the embedded tiny Dream: a second model family behind the same ingress
 V2 = "v2-tiny"  # the tiny Fast-dLLM v2 checkpoint: a block-diffusion family beside them
 LLADA2 = "llada2-tiny"  # the tiny LLaDA2.0 checkpoint: the block-diffusion mixture of experts
+PREFIX = "v2-prefix"  # the tiny Fast-dLLM v2 on two replicas: prefix sharing and the prefix router
 
 # 2 ongoing requests per replica are its target: 8 clients ask for 4 replicas
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2,
@@ -25,4 +26,4 @@ def autoscaled_entry() -> dict:
 def engine_deployment(model: str) -> str:
     from fastdllm_ray.serve.builder import engine_deployment_name
 
-    return engine_deployment_name(model, num_models=7)
+    return engine_deployment_name(model, num_models=8)

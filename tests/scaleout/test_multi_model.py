@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from openai import BadRequestError, OpenAI
 from tests.conftest import TINY_DREAM, TINY_LLADA2, TINY_V2
-from tests.scaleout.scaleout_models import AUTOSCALED, DREAM, FATES, LLADA2, PAIR, RANDOM, V2
+from tests.scaleout.scaleout_models import AUTOSCALED, DREAM, FATES, LLADA2, PAIR, PREFIX, RANDOM, V2
 from tests.serve.alone import answer_alone
 
 from fastdllm_ray import generate, load_model, load_tokenizer
@@ -38,7 +38,8 @@ def alone(checkpoint, question: str, max_model_len: int, **extra) -> tuple:
 
 def test_models_lists_every_model_with_its_own_length(client):
     cards = {card.id: card.model_extra["max_model_len"] for card in client.models.list().data}
-    assert cards == {FATES: 512, PAIR: 512, RANDOM: 1024, AUTOSCALED: 512, DREAM: 256, V2: 512, LLADA2: 512}
+    assert cards == {FATES: 512, PAIR: 512, RANDOM: 1024, AUTOSCALED: 512, DREAM: 256, V2: 512, LLADA2: 512,
+                     PREFIX: 512}
 
 
 def test_each_request_reaches_the_model_it_names(client, random_model_dir):

@@ -53,6 +53,18 @@ def test_chat_completion_answers_with_usage(client):
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 
 
+def test_llada_answers_report_no_cached_prompt_tokens_even_for_a_repeated_prompt(client):
+    # OpenAI's prompt_tokens_details.cached_tokens is on every usage; a LLaDA prompt's K/V depend on
+    # the whole canvas, so nothing is ever taken from another request (README: Prefix sharing)
+    for _ in range(2):
+        reply = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, max_tokens=32,
+                                               extra_body=FAST)
+        assert reply.usage.prompt_tokens_details.cached_tokens == 0
+    *_, usage = client.completions.create(model=DEFAULT_MODEL_NAME, prompt="3*4=", max_tokens=16, extra_body=FAST,
+                                          stream=True, stream_options={"include_usage": True})
+    assert usage.usage.prompt_tokens_details.cached_tokens == 0
+
+
 def test_chat_stream_sends_one_chunk_per_block_and_the_same_text(client):
     whole = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, max_tokens=32,
                                            extra_body=FAST)

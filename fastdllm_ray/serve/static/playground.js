@@ -198,8 +198,11 @@ function showStats(usage, seconds) {
     return;
   }
   const tokens = usage.completion_tokens;
+  // prompt tokens the server's prefix cache held (models that share prefixes: a chat's next turn)
+  const cached = (usage.prompt_tokens_details || {}).cached_tokens || 0;
   $("stats").textContent = `NFE ${usage.nfe} \u00b7 ${(tokens / usage.nfe).toFixed(2)} tokens per forward \u00b7 ` +
-    `latency ${latency} \u00b7 ${tokens} tokens, ${(tokens / seconds).toFixed(1)} tokens/s`;
+    `latency ${latency} \u00b7 ${tokens} tokens, ${(tokens / seconds).toFixed(1)} tokens/s \u00b7 ` +
+    `prompt ${usage.prompt_tokens} tokens` + (cached ? `, ${cached} cached` : "");
 }
 
 async function ask(text, answer) {
