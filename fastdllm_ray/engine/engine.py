@@ -244,7 +244,7 @@ class Engine:
             final.token_ids, final.step = advance.tokens, event
             return final
         if advance.tokens or event is not None:
-            return BlockOutput(seq.request_id, advance.tokens, finished=False, step=event)
+            return BlockOutput(seq.request_id, advance.tokens, finished=False, step=event, cached_tokens=seq.cached_len)
         return None
 
     # ---- prefix sharing --------------------------------------------------------------------
@@ -291,7 +291,7 @@ class Engine:
             cached_tokens=seq.cached_len,
             forwards_saved=seq.forwards_saved,
         )
-        return BlockOutput(seq.request_id, [], finished=True, result=result)
+        return BlockOutput(seq.request_id, [], finished=True, result=result, cached_tokens=seq.cached_len)
 
 
 __all__ = ["Engine", "EngineConfig", "QueueFullError"]

@@ -48,3 +48,4 @@ class BlockOutput:
     finished: bool
     result: GenerationResult | None = None  # set on the last output of a request
     step: StepEvent | None = None  # with stream_steps: this step's commits (token_ids may be [])
+    cached_tokens: int = 0  # the request's prompt tokens served from the prefix cache (known from its first output)

@@ -71,7 +71,7 @@ class _Answer:
         self.params = req.params
         self.finish_reason: Optional[str] = None
         self.nfe: Optional[int] = None
-        self.cached_tokens = 0  # prompt tokens the prefix cache served (known once the engine is done)
+        self.cached_tokens = 0  # prompt tokens the prefix cache served (known from the engine's first output)
         self.engine_done = False  # the replica sent its last block (else it may still be working)
 
     def add(self, out) -> str:
@@ -84,7 +84,7 @@ class _Answer:
                                    type="server_error", code="engine_error")
             self.finish_reason = out.result.finish_reason
             self.nfe = out.result.nfe
-            self.cached_tokens = out.result.cached_tokens
+        self.cached_tokens = max(self.cached_tokens, out.cached_tokens)  # known from the first block on
         if self.text.stopped:
             self.finish_reason = "stop"
         if self.finish_reason is not None:
