@@ -121,8 +121,10 @@ def test_bad_model_args_are_refused_naming_the_field(arg_string, field):
 
 
 def test_unsupported_generation_setting_is_refused_naming_it(lm):
-    with pytest.raises(ValueError, match="top_k"):
-        generate(lm, "What is 1+1?", until=["\n\n"], top_k=5)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        generate(lm, "What is 1+1?", until=["\n\n"], repetition_penalty=1.2)
+    with pytest.raises(ValueError, match="^sub_block_length: applies to Fast-dLLM v2"):  # another family's field
+        generate(lm, "What is 1+1?", until=["\n\n"], sub_block_length=8)
 
 
 def test_a_fresh_interpreter_finds_the_backend_by_name_next_to_lm_evals_own():
