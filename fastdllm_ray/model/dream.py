@@ -10,12 +10,10 @@ network's: `forward` returns each position's own logits, as the reference's mode
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastdllm_ray.model.dream_config import DreamConfig
-from fastdllm_ray.model.transformer import DiffusionTransformer, RMSNorm, TransformerBlock
+from fastdllm_ray.model.transformer import DecoderLayout, RMSNorm, TransformerBlock
 
 
 class _Attention(nn.Module):
@@ -61,39 +59,9 @@ class DreamBlock(TransformerBlock):
         return self.input_layernorm, self.post_attention_layernorm
 
 
-class _Body(nn.Module):
-    def __init__(self, cfg: DreamConfig) -> None:
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(DreamBlock(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
-
-
-class DreamModel(DiffusionTransformer):
+class DreamModel(DecoderLayout):
     config_class = DreamConfig
     checkpoint_prefix = ""  # the checkpoint's names are ours: model.layers.N..., lm_head
 
     def __init__(self, cfg: DreamConfig) -> None:
-        super().__init__()
-        self.config = cfg
-        self.model = _Body(cfg)
-        if not cfg.weight_tying:
-            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.end_token_ids: tuple[int, ...] = cfg.end_token_ids
-
-    @property
-    def embedding(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.layers
-
-    @property
-    def final_norm(self) -> RMSNorm:
-        return self.model.norm
-
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.weight_tying:
-            return F.linear(x, self.model.embed_tokens.weight)
-        return self.lm_head(x)
+        super().__init__(cfg, [DreamBlock(cfg) for _ in range(cfg.n_layers)])

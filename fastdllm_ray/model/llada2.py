@@ -26,7 +26,7 @@ from fastdllm_ray.model.kv_cache import PagedForward
 from fastdllm_ray.model.llada2_config import LLaDA2Config
 from fastdllm_ray.model.llada2_moe import MoELayer, SwiGLU
 from fastdllm_ray.model.paged_attention import paged_attention
-from fastdllm_ray.model.transformer import DiffusionTransformer, RMSNorm, apply_rope, rms_norm, rope_tables
+from fastdllm_ray.model.transformer import DecoderLayout, RMSNorm, apply_rope, rms_norm, rope_tables
 
 
 def attention_inputs(h: torch.Tensor, w_qkv: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor,
@@ -95,42 +95,13 @@ class LLaDA2Layer(nn.Module):
         return x + self.mlp(rms_norm(x, self.post_attention_layernorm.weight, cfg.rms_norm_eps))
 
 
-class _Body(nn.Module):
-    def __init__(self, cfg: LLaDA2Config) -> None:
-        super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(LLaDA2Layer(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
-
-
-class LLaDA2Model(DiffusionTransformer):
+class LLaDA2Model(DecoderLayout):
     config_class = LLaDA2Config
     checkpoint_prefix = ""  # the checkpoint's names are ours: model.layers.N..., lm_head
+    embedding_name = "word_embeddings"
 
     def __init__(self, cfg: LLaDA2Config) -> None:
-        super().__init__()
-        self.config = cfg
-        self.model = _Body(cfg)
-        if not cfg.weight_tying:
-            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.end_token_ids: tuple[int, ...] = cfg.end_token_ids
-
-    @property
-    def embedding(self) -> nn.Embedding:
-        return self.model.word_embeddings
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.layers
-
-    @property
-    def final_norm(self) -> RMSNorm:
-        return self.model.norm
-
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.weight_tying:
-            return F.linear(x, self.model.word_embeddings.weight)
-        return self.lm_head(x)
+        super().__init__(cfg, [LLaDA2Layer(cfg, i) for i in range(cfg.n_layers)])
 
     def compile_blocks(self, enabled: bool = True) -> None:
         """Fuses the attention inputs' elementwise work (qk-norm, partial RoPE) with torch.compile
@@ -142,38 +113,6 @@ class LLaDA2Model(DiffusionTransformer):
         for block in self.blocks:
             block.ops = _CompiledOps if enabled else _EagerOps
 
-    def _rope(self, positions: torch.Tensor):
+    def rope(self, positions: torch.Tensor):
+        """Rotary tables over the first `rotary_dim` dims of each head only (partial rotary)."""
         return rope_tables(positions, self.config.rotary_dim, self.config.rope_theta)
-
-    def final_hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                     logits_index: torch.Tensor | None = None, causal_block: int | None = None) -> torch.Tensor:
-        """`forward`'s hidden states before the final norm and head: tokens [B, T] at positions
-        [B, T] (-1 = padding), block-causal over blocks of `causal_block` (default: the
-        config's; 0 = bidirectional)."""
-        B, T = tokens.shape
-        if positions is None:
-            positions = torch.arange(T, device=tokens.device).expand(B, T)
-        if causal_block is None:
-            causal_block = self.config.causal_block
-        key_mask = (positions >= 0)[:, None, None, :] if bool((positions < 0).any()) else None
-        if causal_block:
-            block = positions.clamp(min=0) // causal_block
-            causal = block[:, None, :, None] >= block[:, None, None, :]
-            key_mask = causal if key_mask is None else causal & key_mask
-        sin, cos = self._rope(positions)
-        x = self.embedding(tokens)
-        for layer, block_module in enumerate(self.blocks):
-            x = block_module(x, sin, cos, layer, key_mask=key_mask)
-        if logits_index is not None:
-            x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
-        return x
-
-    @torch.inference_mode()
-    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, paged: PagedForward) -> torch.Tensor:
-        """Final hidden states [N, d] (before the last norm) of packed query tokens [N] at
-        absolute positions [N], through the paged cache (see PagedForward)."""
-        sin, cos = self._rope(positions[None])
-        x = self.embedding(tokens)[None]
-        for layer, block in enumerate(self.blocks):
-            x = block(x, sin, cos, layer, paged=paged)
-        return x[0]

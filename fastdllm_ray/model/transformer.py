@@ -249,6 +249,11 @@ class DiffusionTransformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embedding.weight.dtype
 
+    def rope(self, positions: torch.Tensor):
+        """sin, cos of the rotary embedding at `positions` (a family rotating part of each head
+        overrides this)."""
+        return rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The output head over final hidden states [..., d]."""
         return self.head(self.final_norm(hidden))
@@ -275,7 +280,7 @@ class DiffusionTransformer(nn.Module):
             block = positions.clamp(min=0) // causal_block
             causal = (block[:, None, :, None] >= block[:, None, None, :])
             key_mask = causal if key_mask is None else causal & key_mask
-        sin, cos = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+        sin, cos = self.rope(positions)
         x = self.embedding(tokens)
         for layer, block_module in enumerate(self.blocks):
             x = block_module(x, sin, cos, layer, key_mask=key_mask)
@@ -287,7 +292,7 @@ class DiffusionTransformer(nn.Module):
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, paged: PagedForward) -> torch.Tensor:
         """Final hidden states [N, d] (before the last norm) of packed query tokens [N] at
         absolute positions [N], through the paged cache (see PagedForward)."""
-        sin, cos = rope_tables(positions[None], self.config.head_dim, self.config.rope_theta)
+        sin, cos = self.rope(positions[None])
         x = self.embedding(tokens)[None]
         for layer, block in enumerate(self.blocks):
             x = block(x, sin, cos, layer, paged=paged)
@@ -300,3 +305,39 @@ def network_for(model_type: str) -> type[DiffusionTransformer]:
     if network is None:
         raise ValueError(f"config.json model_type: {model_type!r} is not one of {sorted(DiffusionTransformer._registry)}")
     return network
+
+
+class DecoderLayout(DiffusionTransformer):
+    """The Hugging Face decoder layout several families' checkpoints share: `model.<embedding>`,
+    `model.layers.N`, `model.norm`, and `lm_head` unless tied to the embedding. A subclass passes
+    its layers and names its embedding (`embedding_name`)."""
+
+    embedding_name = "embed_tokens"
+
+    def __init__(self, cfg, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = nn.Module()
+        setattr(self.model, self.embedding_name, nn.Embedding(cfg.vocab_size, cfg.d_model))
+        self.model.layers = nn.ModuleList(layers)
+        self.model.norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        if not cfg.weight_tying:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.end_token_ids: tuple[int, ...] = cfg.end_token_ids
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        return getattr(self.model, self.embedding_name)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.layers
+
+    @property
+    def final_norm(self) -> RMSNorm:
+        return self.model.norm
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.weight_tying:
+            return F.linear(x, self.embedding.weight)
+        return self.lm_head(x)
