@@ -11,6 +11,7 @@ import pytest
 
 from fastdllm_ray import GenerationParams, generate
 from fastdllm_ray.engine import Engine, EngineConfig
+from tests.engine.test_engine_scheduling import run_joining
 
 CASES = json.loads((Path(__file__).parents[1] / "fixtures/refdata-dream/reference.json").read_text())["cases"]
 
@@ -46,15 +47,7 @@ def test_all_dream_cases_in_one_batch_decode_as_alone(dream_model):
 
 def test_dream_requests_joining_a_running_batch_match_reference(dream_model):
     engine = Engine(dream_model, EngineConfig(max_num_seqs=4, max_model_len=64))
-    results, order = {}, list(range(len(CASES)))
-    pending = list(order)
-    while pending or engine.has_unfinished():
-        if pending and engine.num_waiting == 0:  # one request joins every step, mid-run of the others
-            i = pending.pop(0)
-            engine.add_request(CASES[i]["prompt"], params_of(CASES[i]), request_id=str(i))
-        for out in engine.step():
-            if out.finished:
-                results[int(out.request_id)] = out.result
-    for i in order:
-        assert results[i].token_ids == CASES[i]["output"], i
-        assert results[i].nfe == CASES[i]["forwards"], i
+    results = run_joining(engine, [(str(i), c["prompt"], params_of(c)) for i, c in enumerate(CASES)])
+    for i, case in enumerate(CASES):
+        assert results[str(i)].token_ids == case["output"], i
+        assert results[str(i)].nfe == case["forwards"], i

@@ -24,6 +24,22 @@ def run_to_end(engine: Engine) -> dict[str, object]:
     return results
 
 
+def run_joining(engine: Engine, requests, join_every_step: bool = True) -> dict[str, object]:
+    """Adds each (request_id, prompt, params) when no request waits, one per step, so each joins
+    mid-run of the others (or all at once); steps to the end; returns the results by id."""
+    results, pending = {}, list(requests)
+    while pending or engine.has_unfinished():
+        if pending and (not join_every_step or engine.num_waiting == 0):
+            batch = pending[:1] if join_every_step else pending
+            for rid, prompt, params in batch:
+                engine.add_request(prompt, params, request_id=rid)
+            pending = pending[len(batch):]
+        for out in engine.step():
+            if out.finished:
+                results[out.request_id] = out.result
+    return results
+
+
 def test_requests_beyond_max_num_seqs_wait_then_run(ref_model, reference):
     engine = Engine(ref_model, EngineConfig(max_num_seqs=2))
     ids = [engine.add_request(p, PARAMS) for p in prompts(reference, 5)]

@@ -11,6 +11,7 @@ import pytest
 
 from fastdllm_ray import GenerationParams, generate
 from fastdllm_ray.engine import Engine, EngineConfig
+from tests.engine.test_engine_scheduling import run_joining
 
 
 def params_of(case: dict) -> GenerationParams:
@@ -50,16 +51,10 @@ def test_all_cases_in_one_batch_decode_as_alone(v2_model):
 
 def test_requests_joining_a_running_batch_match_reference(v2_model):
     engine = Engine(v2_model, EngineConfig(max_num_seqs=4, max_model_len=256, page_size=16, prefix_sharing=False))
-    results, pending = {}, list(range(len(CASES)))
-    while pending or engine.has_unfinished():
-        if pending and engine.num_waiting == 0:  # one request joins every step, mid-run of the others
-            i = pending.pop(0)
-            engine.add_request(CASES[i]["prompt"], params_of(CASES[i]), request_id=str(i))
-        for out in engine.step():
-            if out.finished:
-                results[int(out.request_id)] = out.result
-    assert [results[i].token_ids for i in range(len(CASES))] == [c["output"] for c in CASES]
-    assert [results[i].nfe + results[i].forwards_saved for i in range(len(CASES))] == [c["forwards"] for c in CASES]
+    results = run_joining(engine, [(str(i), c["prompt"], params_of(c)) for i, c in enumerate(CASES)])
+    results = [results[str(i)] for i in range(len(CASES))]
+    assert [r.token_ids for r in results] == [c["output"] for c in CASES]
+    assert [r.nfe + r.forwards_saved for r in results] == [c["forwards"] for c in CASES]
 
 
 def test_streamed_outputs_add_up_to_the_answer(v2_model):

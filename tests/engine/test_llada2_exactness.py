@@ -24,6 +24,7 @@ import torch
 from fastdllm_ray import GenerationParams, generate, load_model
 from fastdllm_ray.decoding import num_to_commit
 from fastdllm_ray.engine import Engine, EngineConfig
+from tests.engine.test_engine_scheduling import run_joining
 
 REFDATA = Path(__file__).parents[1] / "fixtures" / "refdata-llada2"
 REFERENCE = json.loads((REFDATA / "reference.json").read_text())
@@ -137,16 +138,9 @@ def test_all_cases_in_one_batch_decode_as_alone(model, reference_runs):
 
 def test_requests_joining_a_running_batch_match_reference(model, reference_runs):
     engine = Engine(model, EngineConfig(max_num_seqs=4, max_model_len=256, page_size=16))
-    results, pending = {}, list(range(len(CASES)))
-    while pending or engine.has_unfinished():
-        if pending and engine.num_waiting == 0:  # one request joins every step, mid-run of the others
-            i = pending.pop(0)
-            engine.add_request(CASES[i]["prompt"], params_of(CASES[i]), request_id=str(i))
-        for out in engine.step():
-            if out.finished:
-                results[int(out.request_id)] = out.result
-    assert [results[i].token_ids for i in range(len(CASES))] == [answer_of(c) for c in CASES]
-    assert [results[i].nfe for i in range(len(CASES))] == [run.final_after for run in reference_runs]
+    results = run_joining(engine, [(str(i), c["prompt"], params_of(c)) for i, c in enumerate(CASES)])
+    assert [results[str(i)].token_ids for i in range(len(CASES))] == [answer_of(c) for c in CASES]
+    assert [results[str(i)].nfe for i in range(len(CASES))] == [run.final_after for run in reference_runs]
 
 
 def test_kept_kv_computes_a_fraction_of_the_positions_the_reference_recomputes(model, reference_runs):

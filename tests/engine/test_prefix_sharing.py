@@ -11,22 +11,13 @@ import pytest
 from fastdllm_ray import GenerationParams, generate
 from fastdllm_ray.engine import Engine, EngineConfig
 from fastdllm_ray.engine.page_pool import PagePool, prefix_keys
+from tests.engine.test_engine_scheduling import run_joining
 from tests.engine.test_fast_dllm_v2_exactness import CASES, params_of
 
 
 def run(engine: Engine, requests, join_every_step: bool = False) -> dict:
-    """Adds (request_id, prompt, params) at once or one per step; returns the results by id."""
-    results, pending = {}, list(requests)
-    while pending or engine.has_unfinished():
-        if pending and (not join_every_step or engine.num_waiting == 0):
-            batch = pending[:1] if join_every_step else pending
-            for rid, prompt, params in batch:
-                engine.add_request(prompt, params, request_id=rid)
-            pending = pending[len(batch):]
-        for out in engine.step():
-            if out.finished:
-                results[out.request_id] = out.result
-    return results
+    """(request_id, prompt, params) all at once, or one per step (each joining mid-run)."""
+    return run_joining(engine, requests, join_every_step)
 
 
 # ---- the pool ---------------------------------------------------------------------------------
