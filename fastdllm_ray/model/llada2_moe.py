@@ -8,8 +8,9 @@ biased scores, the `topk_group` best groups stay, and the `num_experts_per_tok` 
 scores inside them are chosen (in that order). Their weights are the unbiased s, divided by
 their sum (+ 1e-20, as the reference), times `routed_scaling_factor`.
 
-Experts, on CUDA where Triton is importable: fused kernels (model/moe_triton.py) that read
-each touched expert's weights once, SwiGLU and the weighted top-k sum fused in. Elsewhere
+On CUDA where Triton is importable, the router runs as two kernels (model/moe_router_triton.py)
+and the experts as fused kernels (model/moe_triton.py) that read each touched expert's
+weights once, SwiGLU and the weighted top-k sum fused in. Elsewhere
 (and with FASTDLLM_MOE_BACKEND=grouped_mm): every (token, chosen expert) pair is sorted by
 expert; one grouped matmul computes [gate; up] for all pairs, a second one `down`
 (torch._grouped_mm where it runs: CUDA bf16 on Hopper, and the CPU; else `padded_grouped_mm`,
@@ -32,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdllm_ray.model import moe_triton
+from fastdllm_ray.model import moe_router_triton, moe_triton
 from fastdllm_ray.model.llada2_config import LLaDA2Config
 
 MOE_BACKENDS = ("auto", "triton", "grouped_mm")
-# auto: the Triton kernels on CUDA where Triton imports, else grouped GEMMs; triton: always the
-# kernels (on the CPU only under TRITON_INTERPRET=1: tests); grouped_mm: never. Read once;
-# benchmarks may set the attribute.
+# auto: the Triton router and experts on CUDA where Triton imports, else the torch router and
+# grouped GEMMs; triton: always the kernels (on the CPU only under TRITON_INTERPRET=1: tests);
+# grouped_mm: never. Read once; benchmarks may set the attribute.
 MOE_BACKEND = os.environ.get("FASTDLLM_MOE_BACKEND", "auto")
 if MOE_BACKEND not in MOE_BACKENDS:
     raise ValueError(f"FASTDLLM_MOE_BACKEND must be one of {', '.join(MOE_BACKENDS)}, not {MOE_BACKEND!r}")
@@ -148,8 +149,11 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
-        return route(x, self.weight, self.expert_bias, c.n_group, c.topk_group, c.num_experts_per_tok,
-                     c.routed_scaling_factor)
+        fn = route
+        if moe_router_triton.fits(c.num_experts, c.n_group) and uses_triton(x):
+            fn = moe_router_triton.route
+        return fn(x, self.weight, self.expert_bias, c.n_group, c.topk_group, c.num_experts_per_tok,
+                  c.routed_scaling_factor)
 
 
 class GroupedExperts(nn.Module):

@@ -1,6 +1,7 @@
 """The fused Triton MoE kernels (model/moe_triton.py) compute what a loop over the experts
 computes, for any routing a token count allows, reading no buffer entry they did not write;
-and LLaDA2.0 run on them still matches its reference logits.
+the Triton router (model/moe_router_triton.py) chooses what the torch router chooses; and
+LLaDA2.0 run on both still matches its reference logits and chosen experts.
 
 Where there is no GPU the kernels run under Triton's interpreter, in one subprocess (the
 interpreter must be chosen before Triton is imported, and this process has imported it):
@@ -21,7 +22,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastdllm_ray.model import moe_triton
+from fastdllm_ray.model import moe_router_triton, moe_triton
+from fastdllm_ray.model.llada2_moe import route
 
 pytestmark = pytest.mark.skipif(moe_triton.triton is None, reason="Triton is not installed")
 
@@ -39,6 +41,20 @@ CASES.update({f"{tokens}-tokens-{routing}": (tokens, "bfloat16", "even", routing
               for tokens in (3, 32, 100) for routing in ("same", "spread")})
 CASES.update({f"100-tokens-{name}-blocks": (100, "bfloat16", "ragged", "random", name) for name in CONFIGS})
 CASES["300-tokens-bfloat16"] = (300, "bfloat16", "even", "random", None)  # align reads 1200 pairs in two chunks
+
+
+# name -> (tokens, experts, n_group, topk_group, top_k, dtype): the tiny checkpoint's router, then LLaDA2.0-mini's
+ROUTER_CASES = {f"{tokens}-tokens-{experts}-experts-{dtype}": (tokens, experts, groups, kept, k, dtype)
+                for tokens in (1, 7, 32, 100) for experts, groups, kept, k in ((16, 4, 2, 4), (256, 8, 4, 8))
+                for dtype in ("float32", "bfloat16")}
+
+
+def make_router_case(tokens: int, experts: int, dtype: str, hidden: int = 96) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(tokens + experts)
+    dt = getattr(torch, dtype)
+    return {"x": torch.randn(tokens, hidden, generator=gen).to(dt),
+            "weight": (torch.randn(experts, hidden, generator=gen) * hidden ** -0.5).to(dt),
+            "expert_bias": (torch.randn(experts, generator=gen) * 0.1).to(dt)}
 
 
 def make_case(tokens: int, dtype: str, shape: str, routing: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -78,24 +94,36 @@ def run_cases(device: str) -> dict[str, dict[str, torch.Tensor]]:
     results = {}
     for name, (tokens, dtype, shape, routing, config) in CASES.items():
         case = {k: v.to(device) for k, v in make_case(tokens, dtype, shape, routing).items()}
-        cfg = CONFIGS[config] if config else moe_triton.choose_config(tokens * TOP_K, EXPERTS)
+        cfg = CONFIGS[config] if config else moe_triton.choose_config(tokens * TOP_K, EXPERTS, case["x"].dtype)
         out = moe_triton.fused_experts(**case, config=cfg)
-        sorted_ids, block_expert, rows_used = moe_triton.align(case["chosen"], EXPERTS, cfg.block_m)
-        results[name] = {"out": out, "sorted_ids": sorted_ids, "block_expert": block_expert,
-                         "rows_used": rows_used, "block_m": torch.tensor(cfg.block_m)}
+        routing = moe_triton.align(case["chosen"], EXPERTS, cfg.block_m)
+        results[name] = {"out": out, "sorted_ids": routing.sorted_ids, "block_expert": routing.block_expert,
+                         "rows_used": routing.rows_used, "block_m": torch.tensor(cfg.block_m)}
+    for name, (tokens, experts, groups, kept, k, dtype) in ROUTER_CASES.items():
+        case = {key: v.to(device) for key, v in make_router_case(tokens, experts, dtype).items()}
+        chosen, weights = moe_router_triton.route(**case, n_group=groups, topk_group=kept, top_k=k, scaling=2.5)
+        results[name] = {"chosen": chosen, "weights": weights}
     return {name: {k: v.cpu() for k, v in r.items()} for name, r in results.items()}
 
 
-def llada2_logits() -> torch.Tensor:
-    """The refdata-llada2 checkpoint's logits check, through whichever experts path is set."""
+def llada2_forward() -> dict[str, torch.Tensor]:
+    """The refdata-llada2 checkpoint's logits check through whichever MoE path is set: the
+    checked logits and each MoE layer's chosen experts and weights."""
     from safetensors.torch import load_file
 
     from fastdllm_ray.model import load_model
+    from fastdllm_ray.model.llada2_moe import MoELayer
 
     model = load_model(REFDATA / "checkpoint")
     vectors = load_file(str(REFDATA / "logits_check.safetensors"))
+    out = {}
+    for i, block in enumerate(model.blocks):
+        if isinstance(block.mlp, MoELayer):
+            block.mlp.gate.register_forward_hook(
+                lambda _m, _i, routed, i=i: out.update({f"chosen{i}": routed[0], f"weights{i}": routed[1]}))
     with torch.inference_mode():
-        return model(vectors["input_ids"][None], causal_block=32)[0][vectors["positions"]]
+        out["logits"] = model(vectors["input_ids"][None], causal_block=32)[0][vectors["positions"]]
+    return out
 
 
 def _interpreter_as_gpu() -> None:
@@ -147,7 +175,7 @@ def _poison_new_buffers() -> None:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
     if torch.cuda.is_available():
-        return {"cases": run_cases("cuda"), "logits": None}
+        return {"cases": run_cases("cuda"), "llada2": None}
     out = tmp_path_factory.mktemp("moe") / "results.pt"
     env = {**os.environ, "TRITON_INTERPRET": "1", "FASTDLLM_MOE_BACKEND": "triton"}
     subprocess.run([sys.executable, __file__, str(out)], env=env, check=True, timeout=900)
@@ -191,13 +219,36 @@ def test_align_puts_every_pair_once_in_its_experts_padded_run(results, name):
         assert used == r["sorted_ids"].numel()
 
 
-def test_llada2_on_the_fused_kernels_matches_the_reference_logits(results):
-    if results["logits"] is None:
+@pytest.mark.parametrize("name", list(ROUTER_CASES))
+def test_triton_router_chooses_the_torch_routers_experts_in_order(results, name):
+    tokens, experts, groups, kept, k, dtype = ROUTER_CASES[name]
+    case = make_router_case(tokens, experts, dtype)
+    chosen, weights = route(**case, n_group=groups, topk_group=kept, top_k=k, scaling=2.5)
+    got = results["cases"][name]
+    assert torch.equal(got["chosen"], chosen)
+    assert torch.allclose(got["weights"], weights, atol=1e-6, rtol=0)
+
+
+def test_router_kernels_take_powers_of_two_groups_only():
+    assert moe_router_triton.fits(256, 8) and moe_router_triton.fits(16, 4)
+    assert not moe_router_triton.fits(96, 4)  # 96 experts: the torch router runs
+    assert not moe_router_triton.fits(16, 16)  # a group must hold two
+
+
+def test_llada2_on_the_kernels_matches_the_reference_logits_and_experts(results):
+    if results["llada2"] is None:
         pytest.skip("checked on the CPU interpreter run (CUDA runs check graphs instead)")
+    import json
+
     from safetensors.torch import load_file
 
     vectors = load_file(str(REFDATA / "logits_check.safetensors"))
-    assert torch.allclose(results["logits"], vectors["logits"], atol=1e-4, rtol=0)
+    check = json.loads((REFDATA / "reference.json").read_text())["logits_check"]
+    got = results["llada2"]
+    assert torch.allclose(got["logits"], vectors["logits"], atol=1e-4, rtol=0)
+    for layer in ("1", "2"):
+        assert got[f"chosen{layer}"].tolist() == check["experts"][layer]
+        assert torch.allclose(got[f"weights{layer}"], torch.tensor(check["expert_weights"][layer]), atol=1e-6, rtol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the device tool)")
@@ -216,6 +267,6 @@ def test_a_cuda_graph_of_the_kernels_follows_each_replays_routing():
 
 if __name__ == "__main__":  # the interpreter run: python tests/model/test_moe_triton.py OUT
     _interpreter_as_gpu()
-    logits = llada2_logits()  # before the poison: loading the checkpoint must not see it
+    llada2 = llada2_forward()  # before the poison: loading the checkpoint must not see it
     _poison_new_buffers()
-    torch.save({"cases": run_cases("cpu"), "logits": logits}, sys.argv[1])
+    torch.save({"cases": run_cases("cpu"), "llada2": llada2}, sys.argv[1])
