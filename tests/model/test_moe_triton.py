@@ -22,8 +22,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastdllm_ray.model import moe_router_triton, moe_triton
-from fastdllm_ray.model.llada2_moe import route
+from fastdllm_ray.model import llada2_moe, moe_router_triton, moe_triton
+from fastdllm_ray.model.llada2_moe import route, uses_triton
 
 pytestmark = pytest.mark.skipif(moe_triton.triton is None, reason="Triton is not installed")
 
@@ -233,6 +233,17 @@ def test_router_kernels_take_powers_of_two_groups_only():
     assert moe_router_triton.fits(256, 8) and moe_router_triton.fits(16, 4)
     assert not moe_router_triton.fits(96, 4)  # 96 experts: the torch router runs
     assert not moe_router_triton.fits(16, 16)  # a group must hold two
+
+
+@pytest.mark.skipif(moe_triton.interpreting() or torch.cuda.is_available(), reason="the plain CPU's choice")
+def test_on_the_cpu_the_switch_keeps_grouped_gemms_and_refuses_forced_kernels(monkeypatch):
+    x = torch.randn(3, 8)
+    for backend in ("auto", "grouped_mm"):
+        monkeypatch.setattr(llada2_moe, "MOE_BACKEND", backend)
+        assert not uses_triton(x)
+    monkeypatch.setattr(llada2_moe, "MOE_BACKEND", "triton")
+    with pytest.raises(RuntimeError, match="FASTDLLM_MOE_BACKEND=triton"):
+        uses_triton(x)
 
 
 def test_llada2_on_the_kernels_matches_the_reference_logits_and_experts(results):
