@@ -9,13 +9,16 @@ routed_scaling_factor 2.5, one shared expert.
 For each token count: distinct experts touched, the floor (reading the weights of the
 experts it touches, or its FLOPs, whichever is longer, at --hbm-gbps / --tflops; defaults:
 H100 SXM), each path's time, the whole MoE layer (router, routed and shared experts) on each
-path (fused: the Triton router and experts; grouped: the torch router and grouped GEMMs),
-and how far each path's output is from a float32 loop. Then the Triton path's four launches
-one by one (each timed in a graph of 10) against the read floors of its two GEMMs, and the
-two routers. Exits non-zero if a path disagrees with the loop, a CUDA graph of the Triton
-path does not reproduce it eagerly, also after the routing changes under the graph (all
-tokens on the same 8 experts, then on as many as can be), or the routers choose differently
-for more than 1% of the tokens (a near-tie may fall either way: float32 sums in other orders).
+path (fused: the Triton router, then the experts with the shared one in the same launches;
+grouped: the torch router, grouped GEMMs, the shared expert's own SwiGLU) against its floor
+(the touched and shared experts' and the router's weights), and how far each routed path's
+output is from a float32 loop. Then the Triton path's four launches one by one (each timed
+in a graph of 10) against the read floors of its two GEMMs, and the two routers. Exits
+non-zero if a path disagrees with the loop, a CUDA graph of the Triton path does not
+reproduce it eagerly, also after the routing changes under the graph (all tokens on the same
+8 experts, then on as many as can be), the routers choose differently for more than 1% of
+the tokens (a near-tie may fall either way: float32 sums in other orders), or the two whole
+layers' outputs differ where the routers agree.
 
 `--sweep` then times other block and tile shapes of the two Triton GEMMs (for choosing
 moe_triton's SMALL / MEDIUM / LARGE; ~1 minute of compiling).
@@ -174,14 +177,24 @@ def measure(layer: MoELayer, cfg: LLaDA2Config, tokens: int, hbm_gbps: float, tf
             "fused_graph_matches": torch.equal(graph_fused, out_fused),
             "fused_graph_follows_routing": replays_follow_routing(fused, chosen, cfg.num_experts),
         }
-        row["stages"] = stage_times(x, chosen, weights, gate_up, down)
+        row["stages"] = stage_times(layer, x, chosen, weights)
         row.update(router_check(layer, x))
+        outs = {}
+        for name in ("grouped_mm", "triton"):
+            with backend(name):
+                outs[name] = layer(x)
+        agree = row.pop("router_agree")  # a token the routers send apart has no common answer
+        row["err_layer"] = rel_err(outs["triton"][agree], outs["grouped_mm"][agree].float())
     params_per_expert = 3 * cfg.moe_intermediate_size * cfg.d_model  # gate, up, down
     floor_read = row["experts"] * params_per_expert * 2 / (hbm_gbps * 1e9) * 1e3  # bf16 bytes
     floor_compute = 2 * tokens * cfg.num_experts_per_tok * params_per_expert / (tflops * 1e12) * 1e3
     row["floor_ms"] = max(floor_read, floor_compute)
     row["bound"] = "read" if floor_read >= floor_compute else "compute"
-    row["floor_gate_up_ms"], row["floor_down_ms"] = floor_read * 2 / 3, floor_read / 3
+    # the layer: the touched experts, the shared one (which the fused launches also run) and the router
+    shared_read = params_per_expert * 2 / (hbm_gbps * 1e9) * 1e3
+    router_read = cfg.num_experts * cfg.d_model * 2 / (hbm_gbps * 1e9) * 1e3
+    row["floor_layer_ms"] = max(floor_read + shared_read + router_read, floor_compute * 9 / 8)
+    row["floor_gate_up_ms"], row["floor_down_ms"] = (floor_read + shared_read) * 2 / 3, (floor_read + shared_read) / 3
     return row
 
 
@@ -194,41 +207,46 @@ def router_check(layer: MoELayer, x: torch.Tensor) -> dict:
     (chosen, weights), (fused_chosen, fused_weights) = route(*args), moe_router_triton.route(*args)
     differ = (chosen.sort(dim=-1).values != fused_chosen.sort(dim=-1).values).any(dim=-1)
     same = ~differ & (chosen == fused_chosen).all(dim=-1)
-    return {"router_ms": per_call_ms(lambda: route(*args)),
+    return {"router_agree": ~differ,
+            "router_ms": per_call_ms(lambda: route(*args)),
             "router_fused_ms": per_call_ms(lambda: moe_router_triton.route(*args)),
             "router_differ": int(differ.sum()),
             "router_weight_err": (weights - fused_weights)[same].abs().max().item() if same.any() else float("nan")}
 
 
-def stage_times(x, chosen, weights, gate_up, down) -> dict[str, float]:
+def stage_times(layer: MoELayer, x, chosen, weights) -> dict[str, float]:
+    """Each launch of the fused path as the MoE layer runs it (with the shared expert)."""
+    gate_up, down, shared = layer.experts.gate_up, layer.experts.down, layer.shared_weights()
     cfg = moe_triton.choose_config(chosen.numel(), gate_up.shape[0], x.dtype)
-    routing = moe_triton.align(chosen, gate_up.shape[0], cfg.block_m)
-    h = moe_triton.gate_up_swiglu(x, gate_up, routing, cfg.gate_up)
-    pair_out = moe_triton.down_proj(h, down, routing, cfg.down)
+    align = lambda: moe_triton.align(chosen, gate_up.shape[0], cfg.block_m, shared=True)  # noqa: E731
+    routing = align()
+    h = moe_triton.gate_up_swiglu(x, gate_up, routing, cfg.gate_up, shared)
+    pair_out = moe_triton.down_proj(h, down, routing, cfg.down, shared)
     return {
         "block_m": cfg.block_m,
-        "align": per_call_ms(lambda: moe_triton.align(chosen, gate_up.shape[0], cfg.block_m)),
-        "gate_up": per_call_ms(lambda: moe_triton.gate_up_swiglu(x, gate_up, routing, cfg.gate_up)),
-        "down": per_call_ms(lambda: moe_triton.down_proj(h, down, routing, cfg.down)),
-        "combine": per_call_ms(lambda: moe_triton.combine(pair_out, weights)),
+        "align": per_call_ms(align),
+        "gate_up": per_call_ms(lambda: moe_triton.gate_up_swiglu(x, gate_up, routing, cfg.gate_up, shared)),
+        "down": per_call_ms(lambda: moe_triton.down_proj(h, down, routing, cfg.down, shared)),
+        "combine": per_call_ms(lambda: moe_triton.combine(pair_out, weights, shared=True)),
     }
 
 
 def sweep(layer: MoELayer, cfg: LLaDA2Config, tokens: int, floors: tuple[float, float]) -> None:
-    """Each GEMM of the Triton path under other block and tile shapes (a failure is printed)."""
+    """Each GEMM of the Triton path (shared expert included, as the layer runs it) under other
+    block and tile shapes; a shape that fails is a row saying so."""
     x = torch.randn(tokens, cfg.d_model, device=DEVICE, dtype=torch.bfloat16)
-    gate_up, down = layer.experts.gate_up, layer.experts.down
+    gate_up, down, shared = layer.experts.gate_up, layer.experts.down, layer.shared_weights()
     with torch.inference_mode():
         chosen, _ = layer.gate(x)
         for block_m in SWEEP_BLOCK_M:
-            routing = moe_triton.align(chosen, gate_up.shape[0], block_m)
-            h = moe_triton.gate_up_swiglu(x, gate_up, routing, SWEEP_GATE_UP[0])
+            routing = moe_triton.align(chosen, gate_up.shape[0], block_m, shared=True)
+            h = moe_triton.gate_up_swiglu(x, gate_up, routing, SWEEP_GATE_UP[0], shared)
             for kernel, tiles, floor in (("gate_up", SWEEP_GATE_UP, floors[0]), ("down", SWEEP_DOWN, floors[1])):
                 for t in tiles:
                     if kernel == "gate_up":
-                        run = lambda t=t, r=routing: moe_triton.gate_up_swiglu(x, gate_up, r, t)  # noqa: E731
+                        run = lambda t=t, r=routing: moe_triton.gate_up_swiglu(x, gate_up, r, t, shared)  # noqa: E731
                     else:
-                        run = lambda t=t, r=routing, h=h: moe_triton.down_proj(h, down, r, t)  # noqa: E731
+                        run = lambda t=t, r=routing, h=h: moe_triton.down_proj(h, down, r, t, shared)  # noqa: E731
                     try:
                         ms = per_call_ms(run)
                         cell = f"{ms * 1e3:.1f} | {ms / floor:.2f}"
@@ -257,17 +275,18 @@ def main() -> None:
           f"grouped path: {grouped}")
     print(f"`PYTHONPATH=. python3 benchmarks/moe_kernels.py --tokens {args.tokens}{' --sweep' * args.sweep}`\n")
     print("| tokens | experts touched | floor ms | grouped ms (eager) | grouped ms (graph) | fused ms (eager) | "
-          "fused ms (graph) | fused x floor | loop ms | MoE layer ms (graph): grouped | fused | "
-          "rel err grouped | fused | loop |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "fused ms (graph) | fused x floor | loop ms | MoE layer floor ms | layer ms (graph): grouped | fused | "
+          "fused x floor | rel err grouped | fused | loop |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     failures, rows = [], []
     for tokens in (int(t) for t in args.tokens.split(",")):
         r = measure(layer, cfg, tokens, args.hbm_gbps, args.tflops)
         rows.append(r)
         print(f"| {tokens} | {r['experts']} | {r['floor_ms']:.3f} ({r['bound']}) | {r['grouped_ms']:.3f} | "
               f"{r['grouped_graph_ms']:.3f} | {r['fused_ms']:.3f} | {r['fused_graph_ms']:.3f} | "
-              f"{r['fused_graph_ms'] / r['floor_ms']:.2f} | {r['loop_ms']:.3f} | {r['layer_grouped_ms']:.3f} | "
-              f"{r['layer_fused_ms']:.3f} | {r['err_grouped']:.1e} | {r['err_fused']:.1e} | {r['err_loop']:.1e} |",
+              f"{r['fused_graph_ms'] / r['floor_ms']:.2f} | {r['loop_ms']:.3f} | {r['floor_layer_ms']:.3f} | "
+              f"{r['layer_grouped_ms']:.3f} | {r['layer_fused_ms']:.3f} | {r['layer_fused_ms'] / r['floor_layer_ms']:.2f} | "
+              f"{r['err_grouped']:.1e} | {r['err_fused']:.1e} | {r['err_loop']:.1e} |",
               flush=True)
         bound = max(2 * r["err_loop"], 1e-2)
         for path in ("grouped", "fused"):
@@ -277,10 +296,13 @@ def main() -> None:
                 failures.append(f"{tokens} tokens: the CUDA graph's replay differs from the eager {path} path")
         if not r["fused_graph_follows_routing"]:
             failures.append(f"{tokens} tokens: a graph of the fused path replayed for a new routing differs from eager")
+        if r["err_layer"] > bound:
+            failures.append(f"{tokens} tokens: the fused MoE layer is off the grouped one by {r['err_layer']:.2e}")
         if r["router_differ"] > max(1, tokens // 100) or not r["router_weight_err"] <= 1e-5:
             failures.append(f"{tokens} tokens: the Triton router differs from the torch router "
                             f"({r['router_differ']} tokens, weights by {r['router_weight_err']:.1e})")
-    print("\nThe fused path's launches, each in a graph of 10 (us; GEMMs against the read floor of their weights):\n")
+    print("\nThe fused path's launches as the layer runs them (with the shared expert), each in a graph of 10 "
+          "(us; GEMMs against the read floor of their weights):\n")
     print("| tokens | block_m | align | gate_up + SwiGLU | x floor | down | x floor | combine | sum |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -290,11 +312,12 @@ def main() -> None:
               f"{s['gate_up'] / r['floor_gate_up_ms']:.2f} | {s['down'] * 1e3:.1f} | {s['down'] / r['floor_down_ms']:.2f} | "
               f"{s['combine'] * 1e3:.1f} | {total * 1e3:.1f} |", flush=True)
     print("\nThe router (graphs of 10): torch ops against the two Triton kernels:\n")
-    print("| tokens | torch ms | Triton ms | tokens choosing differently | largest weight difference |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| tokens | torch ms | Triton ms | tokens choosing differently | largest weight difference | "
+          "layer: rel diff fused / grouped |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['tokens']} | {r['router_ms']:.3f} | {r['router_fused_ms']:.3f} | {r['router_differ']} | "
-              f"{r['router_weight_err']:.1e} |", flush=True)
+              f"{r['router_weight_err']:.1e} | {r['err_layer']:.1e} |", flush=True)
     if args.sweep:
         print("\n| tokens | block_m | kernel | block_n | block_k | warps | stages | us | x floor |")
         print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")

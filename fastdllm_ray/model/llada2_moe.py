@@ -10,7 +10,7 @@ their sum (+ 1e-20, as the reference), times `routed_scaling_factor`.
 
 On CUDA where Triton is importable, the router runs as two kernels (model/moe_router_triton.py)
 and the experts as fused kernels (model/moe_triton.py) that read each touched expert's
-weights once, SwiGLU and the weighted top-k sum fused in. Elsewhere
+weights once, SwiGLU, the weighted top-k sum and the shared expert fused in. Elsewhere
 (and with FASTDLLM_MOE_BACKEND=grouped_mm): every (token, chosen expert) pair is sorted by
 expert; one grouped matmul computes [gate; up] for all pairs, a second one `down`
 (torch._grouped_mm where it runs: CUDA bf16 on Hopper, and the CPU; else `padded_grouped_mm`,
@@ -216,7 +216,18 @@ class MoELayer(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         chosen, weights = self.gate(flat)
-        out = routed_experts(flat, chosen, weights, self.experts.gate_up, self.experts.down)
-        if hasattr(self, "shared_experts"):
+        gate_up, down = self.experts.gate_up, self.experts.down
+        shared = self.shared_weights()
+        if shared is not None and uses_triton(flat) and moe_triton.shared_fits(shared, gate_up, down):
+            # the shared expert as one more expert of the fused kernels: no launches of its own
+            return moe_triton.fused_experts(flat, chosen, weights, gate_up, down, shared=shared).view(shape)
+        out = routed_experts(flat, chosen, weights, gate_up, down)
+        if shared is not None:
             out = out + self.shared_experts(flat)
         return out.view(shape)
+
+    def shared_weights(self) -> moe_triton.SharedExpert | None:
+        if not hasattr(self, "shared_experts"):
+            return None
+        s = self.shared_experts
+        return moe_triton.SharedExpert(s.gate_proj.weight, s.up_proj.weight, s.down_proj.weight)

@@ -8,13 +8,18 @@ block of rows (one expert) and one tile of output columns, so it streams that ex
 tile once for all its rows. Four launches, no host sync (a CUDA graph of the layer holds for
 any routing; buffers are sized for the worst case of the token count):
 
-1. `_align_kernel` (one program per expert): counts the pairs of every expert, pads them to
+1. `align_kernel` (one program per expert): counts the pairs of every expert, pads them to
    BLOCK_M, and writes its own pairs' ids (token order kept) into its run, padding slots as
    the sentinel `pairs`, its blocks' expert id, and (expert 0) the rows used.
-2. `_gate_up_kernel`: h = silu(x W_gate^T) * (x W_up^T) for a block's rows, two float32
+2. `gate_up_kernel`: h = silu(x W_gate^T) * (x W_up^T) for a block's rows, two float32
    accumulators, SwiGLU in the epilogue.
-3. `_down_kernel`: h W_down^T, each row stored at its pair's place (token-major).
-4. `_combine_kernel`: out[t] = sum_j weights[t, j] * pair_out[t * k + j] in float32.
+3. `down_kernel`: h W_down^T, each row stored at its pair's place (token-major).
+4. `combine_kernel`: out[t] = sum_j weights[t, j] * pair_out[t * k + j] in float32.
+
+LLaDA2.0's shared expert (every token, the routed experts' shape) rides along as one more
+expert: its pairs follow the routed ones, its weights stay where its SwiGLU keeps them, and
+`combine_kernel` adds its row after rounding the routed sum, as the reference adds the two.
+The kernels themselves are in model/moe_triton_kernels.py.
 
 Rounding follows the bf16 reference (`routed_experts` over torch._grouped_mm, the model's
 moe_infer): the projections, silu(gate), the product and each expert's output are rounded to
@@ -31,9 +36,10 @@ from typing import NamedTuple
 
 import torch
 
+from fastdllm_ray.model import moe_triton_kernels as kernels
+
 try:
     import triton
-    import triton.language as tl
 except ImportError:  # CPU installs and CI: the model runs torch._grouped_mm
     triton = None
 
@@ -96,162 +102,41 @@ def max_rows(pairs: int, experts: int, block_m: int) -> int:
     return pairs + min(experts, pairs) * (block_m - 1)
 
 
-if triton is not None:
+class SharedExpert(NamedTuple):
+    """A shared expert's weights as its SwiGLU keeps them: gate and up [I, H], down [H, I]."""
 
-    @triton.jit
-    def _align_kernel(chosen, sorted_ids, block_expert, rows_used, pairs,
-                      EXPERTS_P2: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
-        expert = tl.program_id(0)
-        ids = tl.arange(0, EXPERTS_P2)
-        counts = tl.zeros([EXPERTS_P2], tl.int32)
-        for start in range(0, pairs, CHUNK):
-            offs = start + tl.arange(0, CHUNK)
-            inside = offs < pairs
-            chunk = tl.load(chosen + offs, mask=inside, other=0).to(tl.int32)
-            counts += tl.histogram(chunk, EXPERTS_P2, mask=inside)
-        padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-        ends = tl.cumsum(padded, 0)
-        mine = ids == expert
-        run_start = tl.sum(tl.where(mine, ends - padded, 0), 0)
-        run_len = tl.sum(tl.where(mine, padded, 0), 0)
-        count = tl.sum(tl.where(mine, counts, 0), 0)
-        if expert == 0:
-            tl.store(rows_used, tl.sum(padded, 0))
-        if count > 0:
-            placed = 0
-            for start in range(0, pairs, CHUNK):
-                offs = start + tl.arange(0, CHUNK)
-                hit = tl.load(chosen + offs, mask=offs < pairs, other=-1).to(tl.int32) == expert
-                rank = placed + tl.cumsum(hit.to(tl.int32), 0) - 1
-                tl.store(sorted_ids + run_start + rank, offs, mask=hit)
-                placed += tl.sum(hit.to(tl.int32), 0)
-            pad = count + tl.arange(0, BLOCK_M)
-            tl.store(sorted_ids + run_start + pad, pairs, mask=pad < run_len)
-            first_block = run_start // BLOCK_M
-            for b in range(first_block, first_block + run_len // BLOCK_M):
-                tl.store(block_expert + b, expert)
-
-    @triton.jit
-    def _gate_up_kernel(x, w, h, sorted_ids, block_expert, rows_used, pairs, hidden, inter,
-                        stride_x, stride_we, stride_wn, stride_h,
-                        TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr):
-        n_tiles = tl.cdiv(inter, BLOCK_N)
-        work = tl.load(rows_used) // BLOCK_M * n_tiles
-        # persistent: the grid is sized for the GPU, not for the worst routing, so no program
-        # starts only to find its block unused; a block's tiles run side by side (x stays in L2)
-        for item in range(tl.program_id(0), work, tl.num_programs(0)):
-            block, tile = item // n_tiles, item % n_tiles
-            rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
-            pair = tl.load(sorted_ids + rows)
-            real = pair < pairs
-            token = (pair // TOP_K).to(tl.int64)
-            expert = tl.load(block_expert + block).to(tl.int64)
-            cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-            col_ok = cols < inter
-            ks = tl.arange(0, BLOCK_K)
-            x_ptrs = x + token[:, None] * stride_x + ks[None, :]
-            g_ptrs = w + expert * stride_we + cols[None, :] * stride_wn + ks[:, None]  # [K, N]: W_gate^T
-            u_ptrs = g_ptrs + inter * stride_wn
-            acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            for k in range(0, hidden, BLOCK_K):
-                if EVEN_K:
-                    a = tl.load(x_ptrs, mask=real[:, None], other=0.0)
-                    g = tl.load(g_ptrs, mask=col_ok[None, :], other=0.0)
-                    u = tl.load(u_ptrs, mask=col_ok[None, :], other=0.0)
-                else:
-                    k_ok = k + ks < hidden
-                    a = tl.load(x_ptrs, mask=real[:, None] & k_ok[None, :], other=0.0)
-                    g = tl.load(g_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-                    u = tl.load(u_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-                if IEEE:
-                    acc_g = tl.dot(a, g, acc_g, input_precision="ieee")
-                    acc_u = tl.dot(a, u, acc_u, input_precision="ieee")
-                else:
-                    acc_g = tl.dot(a, g, acc_g)
-                    acc_u = tl.dot(a, u, acc_u)
-                x_ptrs += BLOCK_K
-                g_ptrs += BLOCK_K
-                u_ptrs += BLOCK_K
-            dtype = h.dtype.element_ty
-            gate = acc_g.to(dtype).to(tl.float32)  # the reference's projections are rounded
-            up = acc_u.to(dtype).to(tl.float32)
-            act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)  # torch's silu, rounded
-            out_ptrs = h + rows.to(tl.int64)[:, None] * stride_h + cols[None, :]
-            tl.store(out_ptrs, (act * up).to(dtype), mask=col_ok[None, :])
-
-    @triton.jit
-    def _down_kernel(h, w, pair_out, sorted_ids, block_expert, rows_used, pairs, hidden, inter,
-                     stride_h, stride_we, stride_wn, stride_out,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     EVEN_K: tl.constexpr, IEEE: tl.constexpr):
-        n_tiles = tl.cdiv(hidden, BLOCK_N)
-        work = tl.load(rows_used) // BLOCK_M * n_tiles
-        for item in range(tl.program_id(0), work, tl.num_programs(0)):  # persistent, as above
-            block, tile = item // n_tiles, item % n_tiles
-            rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
-            pair = tl.load(sorted_ids + rows)
-            real = pair < pairs
-            expert = tl.load(block_expert + block).to(tl.int64)
-            cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-            col_ok = cols < hidden
-            ks = tl.arange(0, BLOCK_K)
-            a_ptrs = h + rows.to(tl.int64)[:, None] * stride_h + ks[None, :]
-            w_ptrs = w + expert * stride_we + cols[None, :] * stride_wn + ks[:, None]  # [K, N]: W_down^T
-            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            for k in range(0, inter, BLOCK_K):
-                if EVEN_K:
-                    a = tl.load(a_ptrs)
-                    b = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
-                else:
-                    k_ok = k + ks < inter
-                    a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-                    b = tl.load(w_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-                if IEEE:
-                    acc = tl.dot(a, b, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, b, acc)
-                a_ptrs += BLOCK_K
-                w_ptrs += BLOCK_K
-            out_ptrs = pair_out + pair.to(tl.int64)[:, None] * stride_out + cols[None, :]
-            tl.store(out_ptrs, acc.to(pair_out.dtype.element_ty), mask=real[:, None] & col_ok[None, :])
-
-    @triton.jit
-    def _combine_kernel(pair_out, weights, out, hidden, TOP_K: tl.constexpr, BLOCK: tl.constexpr):
-        token = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        ok = cols < hidden
-        acc = tl.zeros([BLOCK], tl.float32)
-        for j in tl.static_range(TOP_K):
-            weight = tl.load(weights + token * TOP_K + j)
-            row = tl.load(pair_out + (token * TOP_K + j) * hidden + cols, mask=ok, other=0.0)
-            acc += row.to(tl.float32) * weight
-        tl.store(out + token * hidden + cols, acc.to(out.dtype.element_ty), mask=ok)
+    gate: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
 
 
 class Routing(NamedTuple):
     """The pairs sorted by expert, each expert's run padded to block_m rows (see `align`)."""
 
-    sorted_ids: torch.Tensor  # [max_rows] int32: pair ids t * k + j; padding = N * k
-    block_expert: torch.Tensor  # [max_rows // block_m] int32
+    sorted_ids: torch.Tensor  # [max_rows] int32: pair ids t * (k + shared) + j; padding = `pairs`
+    block_expert: torch.Tensor  # [max_rows // block_m] int32; the shared expert is number `experts`
     rows_used: torch.Tensor  # [1] int32; entries past it are left unwritten
     block_m: int
-    pairs: int
+    pairs: int  # N * (k + shared)
     top_k: int
+    experts: int
+    shared: bool
 
 
-def align(chosen: torch.Tensor, experts: int, block_m: int) -> Routing:
-    """Sort the (token, expert) pairs of chosen [N, k] by expert, on the device, no host sync."""
-    pairs = chosen.numel()
-    rows = max_rows(pairs, experts, block_m)
+def align(chosen: torch.Tensor, experts: int, block_m: int, shared: bool = False) -> Routing:
+    """Sort the (token, expert) pairs of chosen [N, k] (and, with `shared`, every token's pair
+    with the shared expert, after all routed ones) by expert, on the device, no host sync."""
+    tokens, top_k = chosen.shape
+    pairs = tokens * (top_k + shared)
+    rows = max_rows(pairs, experts + shared, block_m)
     sorted_ids = torch.empty(rows, dtype=torch.int32, device=chosen.device)
     block_expert = torch.empty(rows // block_m, dtype=torch.int32, device=chosen.device)
     rows_used = torch.empty(1, dtype=torch.int32, device=chosen.device)
-    _align_kernel[(experts,)](chosen.contiguous().view(-1), sorted_ids, block_expert, rows_used, pairs,
-                              EXPERTS_P2=triton.next_power_of_2(experts), BLOCK_M=block_m,
-                              CHUNK=min(1024, triton.next_power_of_2(pairs)))
-    return Routing(sorted_ids, block_expert, rows_used, block_m, pairs, chosen.shape[1])
+    kernels.align_kernel[(experts + shared,)](
+        chosen.contiguous().view(-1), sorted_ids, block_expert, rows_used, chosen.numel(), experts,
+        TOP_K=top_k, SHARED=int(shared), EXPERTS_P2=triton.next_power_of_2(experts), BLOCK_M=block_m,
+        CHUNK=min(1024, triton.next_power_of_2(max(tokens, chosen.numel()))))
+    return Routing(sorted_ids, block_expert, rows_used, block_m, pairs, top_k, experts, shared)
 
 
 @cache
@@ -271,52 +156,69 @@ def _fit(tile: Tile, reduced: int) -> Tile:
     return Tile(tile.block_n, min(tile.block_k, max(16, triton.next_power_of_2(reduced))), tile.warps, tile.stages)
 
 
-def gate_up_swiglu(x: torch.Tensor, gate_up: torch.Tensor, routing: Routing, tile: Tile) -> torch.Tensor:
+def gate_up_swiglu(x: torch.Tensor, gate_up: torch.Tensor, routing: Routing, tile: Tile,
+                   shared: SharedExpert | None = None) -> torch.Tensor:
     """silu(x W_gate^T) * x W_up^T of each sorted row's token under its expert: [max_rows, I]."""
     hidden, inter = x.shape[1], gate_up.shape[1] // 2
     h = torch.empty(routing.sorted_ids.numel(), inter, dtype=x.dtype, device=x.device)
     t = _fit(tile, hidden)
-    _gate_up_kernel[(_programs(x.device, routing.block_expert.numel() * triton.cdiv(inter, t.block_n)),)](
-        x, gate_up, h, routing.sorted_ids, routing.block_expert, routing.rows_used, routing.pairs, hidden, inter,
-        x.stride(0), gate_up.stride(0), gate_up.stride(1), h.stride(0),
-        TOP_K=routing.top_k, BLOCK_M=routing.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-        EVEN_K=hidden % t.block_k == 0, IEEE=x.dtype == torch.float32, num_warps=t.warps, num_stages=t.stages)
+    gate, up = (shared.gate, shared.up) if routing.shared else (gate_up, gate_up)  # unread without one
+    kernels.gate_up_kernel[(_programs(x.device, routing.block_expert.numel() * triton.cdiv(inter, t.block_n)),)](
+        x, gate_up, gate, up, h, routing.sorted_ids, routing.block_expert, routing.rows_used, routing.pairs,
+        routing.experts, hidden, inter, x.stride(0), gate_up.stride(0), gate_up.stride(1), h.stride(0),
+        STRIDE=routing.top_k + routing.shared, SHARED=int(routing.shared), BLOCK_M=routing.block_m,
+        BLOCK_N=t.block_n, BLOCK_K=t.block_k, EVEN_K=hidden % t.block_k == 0, IEEE=x.dtype == torch.float32,
+        num_warps=t.warps, num_stages=t.stages)
     return h
 
 
-def down_proj(h: torch.Tensor, down: torch.Tensor, routing: Routing, tile: Tile) -> torch.Tensor:
-    """h W_down^T of each sorted row under its expert, stored at its pair's place: [N * k, H]."""
+def down_proj(h: torch.Tensor, down: torch.Tensor, routing: Routing, tile: Tile,
+              shared: SharedExpert | None = None) -> torch.Tensor:
+    """h W_down^T of each sorted row under its expert, stored at its pair's place: [pairs, H]."""
     hidden, inter = down.shape[1], down.shape[2]
     pair_out = torch.empty(routing.pairs, hidden, dtype=h.dtype, device=h.device)
     t = _fit(tile, inter)
-    _down_kernel[(_programs(h.device, routing.block_expert.numel() * triton.cdiv(hidden, t.block_n)),)](
-        h, down, pair_out, routing.sorted_ids, routing.block_expert, routing.rows_used, routing.pairs, hidden, inter,
-        h.stride(0), down.stride(0), down.stride(1), pair_out.stride(0),
-        BLOCK_M=routing.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+    shared_down = shared.down if routing.shared else down
+    kernels.down_kernel[(_programs(h.device, routing.block_expert.numel() * triton.cdiv(hidden, t.block_n)),)](
+        h, down, shared_down, pair_out, routing.sorted_ids, routing.block_expert, routing.rows_used, routing.pairs,
+        routing.experts, hidden, inter, h.stride(0), down.stride(0), down.stride(1), pair_out.stride(0),
+        SHARED=int(routing.shared), BLOCK_M=routing.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
         EVEN_K=inter % t.block_k == 0, IEEE=h.dtype == torch.float32, num_warps=t.warps, num_stages=t.stages)
     return pair_out
 
 
-def combine(pair_out: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_j weights[:, j] * pair_out[t * k + j] in float32: [N, H] in pair_out's dtype."""
+def combine(pair_out: torch.Tensor, weights: torch.Tensor, shared: bool = False) -> torch.Tensor:
+    """sum_j weights[:, j] * pair_out[t, j] in float32 (then + the shared expert's row): [N, H]."""
     n, top_k = weights.shape
     hidden = pair_out.shape[1]
     out = torch.empty(n, hidden, dtype=pair_out.dtype, device=pair_out.device)
     block = min(1024, triton.next_power_of_2(hidden))
-    _combine_kernel[(n, triton.cdiv(hidden, block))](pair_out, weights.float().contiguous(), out, hidden,
-                                                     TOP_K=top_k, BLOCK=block)
+    kernels.combine_kernel[(n, triton.cdiv(hidden, block))](pair_out, weights.float().contiguous(), out, hidden,
+                                                            TOP_K=top_k, SHARED=int(shared), BLOCK=block)
     return out
 
 
+def shared_fits(shared: SharedExpert, gate_up: torch.Tensor, down: torch.Tensor) -> bool:
+    """The kernels run a shared expert as one more expert: it must be one of their shape and layout."""
+    _, two_inter, hidden = gate_up.shape
+    return (shared.gate.shape == shared.up.shape == (two_inter // 2, hidden) and shared.down.shape == down.shape[1:]
+            and all(w.dtype == gate_up.dtype and w.is_contiguous() for w in shared))
+
+
 def fused_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, gate_up: torch.Tensor,
-                  down: torch.Tensor, config: MoEConfig | None = None) -> torch.Tensor:
-    """sum_j weights[:, j] * expert[chosen[:, j]](x) for x [N, H], experts stacked as gate_up
-    [E, 2I, H] and down [E, H, I]: what `routed_experts` computes, in four launches."""
+                  down: torch.Tensor, config: MoEConfig | None = None,
+                  shared: SharedExpert | None = None) -> torch.Tensor:
+    """sum_j weights[:, j] * expert[chosen[:, j]](x) (+ shared(x)) for x [N, H], experts stacked
+    as gate_up [E, 2I, H] and down [E, H, I]: what `routed_experts` computes (and MoELayer with
+    its shared expert, where `shared_fits`), in four launches."""
     if chosen.shape[0] == 0:
         return x.new_zeros(0, x.shape[1])
     experts = gate_up.shape[0]
+    if shared is not None and not shared_fits(shared, gate_up, down):
+        raise ValueError("fused_experts: the shared expert must have the routed experts' shape, dtype and layout")
     cfg = config or choose_config(chosen.numel(), experts, x.dtype)
     x = x if x.stride(-1) == 1 else x.contiguous()
-    routing = align(chosen, experts, cfg.block_m)
-    h = gate_up_swiglu(x, gate_up.contiguous(), routing, cfg.gate_up)  # parameters: contiguous already
-    return combine(down_proj(h, down.contiguous(), routing, cfg.down), weights)
+    gate_up, down = gate_up.contiguous(), down.contiguous()  # parameters: already so
+    routing = align(chosen, experts, cfg.block_m, shared is not None)
+    h = gate_up_swiglu(x, gate_up, routing, cfg.gate_up, shared)
+    return combine(down_proj(h, down, routing, cfg.down, shared), weights, shared is not None)
