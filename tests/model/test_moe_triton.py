@@ -196,6 +196,73 @@ def test_a_cuda_graph_of_the_kernels_follows_each_replays_routing(shared):
         assert torch.equal(out, moe_triton.fused_experts(**case))
 
 
+HOPPER_SHARED_MEMORY = 227 * 1024  # the most one H100 program may ask for
+
+
+def _compile_for_hopper(kernel, args: dict, constexprs: dict, warps: int = 4, stages: int = 3):
+    """kernel compiled for sm_90 here (no GPU needed: Triton's own ptxas), args typed by example
+    and specialised as a launch would (pointers and multiples of 16 known divisible by 16, which
+    is what lets Triton pipeline the loads through shared memory)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    types = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32", torch.int64: "i64"}
+    signature = {k: f"*{types[v.dtype]}" if isinstance(v, torch.Tensor) else "fp32" if isinstance(v, float) else "i32"
+                 for k, v in args.items()}
+    divisible = {(i,): [["tt.divisibility", 16]] for i, v in enumerate(args.values())
+                 if isinstance(v, torch.Tensor) or (isinstance(v, int) and v % 16 == 0)}
+    signature.update(dict.fromkeys(constexprs, "constexpr"))
+    src = ASTSource(kernel, signature, {(list(signature).index(k),): v for k, v in constexprs.items()}, divisible)
+    return moe_triton.triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                     options={"num_warps": warps, "num_stages": stages})
+
+
+@pytest.mark.parametrize("tokens", [32, 1024])
+def test_kernels_compile_for_hopper_within_its_shared_memory(tokens):
+    """What the interpreter cannot check: the chosen launch shapes of LLaDA2.0-mini compile for an H100."""
+    from fastdllm_ray.model import moe_router_triton as router
+    from fastdllm_ray.model import moe_triton_kernels as k
+
+    experts, hidden, inter, top_k = 256, 2048, 512, 8
+    cfg = moe_triton.choose_config(tokens * top_k, experts)
+    t = lambda *shape, dtype=torch.bfloat16: torch.empty(*shape, dtype=dtype)  # noqa: E731
+    pairs, i32 = tokens * (top_k + 1), torch.int32
+    scalars = {"pairs": pairs, "experts": experts, "hidden": hidden, "inter": inter}
+    route = {"sorted_ids": t(1, dtype=i32), "block_expert": t(1, dtype=i32), "rows_used": t(1, dtype=i32)}
+    compiled = [
+        _compile_for_hopper(k.align_kernel, {"chosen": t(1, dtype=torch.int64), **route, "routed": tokens * top_k,
+                                             "experts": experts},
+                            {"TOP_K": top_k, "SHARED": 1, "EXPERTS_P2": experts, "BLOCK_M": cfg.block_m,
+                             "CHUNK": min(1024, tokens * top_k)}),
+        _compile_for_hopper(k.gate_up_kernel, {"x": t(1), "w": t(1), "shared_gate": t(1), "shared_up": t(1),
+                                               "h": t(1), **route, **scalars, "stride_x": hidden,
+                                               "stride_we": 2 * inter * hidden, "stride_wn": hidden, "stride_h": inter},
+                            {"STRIDE": top_k + 1, "SHARED": 1, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.gate_up.block_n,
+                             "BLOCK_K": cfg.gate_up.block_k, "EVEN_K": True, "IEEE": False},
+                            cfg.gate_up.warps, cfg.gate_up.stages),
+        _compile_for_hopper(k.down_kernel, {"h": t(1), "w": t(1), "shared_down": t(1), "pair_out": t(1), **route,
+                                            **scalars, "stride_h": inter, "stride_we": hidden * inter, "stride_wn": inter,
+                                            "stride_out": hidden},
+                            {"SHARED": 1, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.down.block_n,
+                             "BLOCK_K": cfg.down.block_k, "EVEN_K": True, "IEEE": False}, cfg.down.warps,
+                            cfg.down.stages),
+        _compile_for_hopper(k.combine_kernel, {"pair_out": t(1), "weights": t(1, dtype=torch.float32), "out": t(1),
+                                               "hidden": hidden}, {"TOP_K": top_k, "SHARED": 1, "BLOCK": 1024}),
+        _compile_for_hopper(router._scores_kernel, {"x": t(1), "w": t(1), "scores": t(1, dtype=torch.float32),
+                                                    "tokens": tokens, "experts": experts, "hidden": hidden,
+                                                    "stride_x": hidden, "stride_w": hidden},
+                            {"BLOCK_T": 16, "BLOCK_E": 16, "BLOCK_K": 64}),
+        _compile_for_hopper(router._select_kernel, {"scores": t(1, dtype=torch.float32), "bias": t(1),
+                                                    "chosen": t(1, dtype=torch.int64),
+                                                    "weights": t(1, dtype=torch.float32), "scaling": 2.5},
+                            {"EXPERTS": experts, "GROUPS": 8, "TOPK_GROUP": 4, "TOP_K": top_k, "TOP_K_P2": top_k},
+                            warps=1),
+    ]
+    assert all(c.metadata.shared <= HOPPER_SHARED_MEMORY for c in compiled)
+    for gemm in compiled[1:3]:  # tensor cores, fed by asynchronous copies
+        assert ("wgmma" if cfg.block_m >= 64 else "mma.sync") in gemm.asm["ptx"] and "cp.async" in gemm.asm["ptx"]
+
+
 if __name__ == "__main__":  # the interpreter run: python tests/model/test_moe_triton.py OUT
     from tests.model.triton_interpreter import interpreter_as_gpu, poison_new_buffers
 
