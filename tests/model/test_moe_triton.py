@@ -99,16 +99,16 @@ def run_cases(device: str) -> dict[str, dict[str, torch.Tensor]]:
     return results
 
 
-def llada2_forward() -> dict[str, torch.Tensor]:
-    """The refdata-llada2 checkpoint's logits check through whichever MoE path is set: the
-    checked logits and each MoE layer's chosen experts and weights."""
+def llada2_forward(device: str) -> dict[str, torch.Tensor]:
+    """The refdata-llada2 checkpoint's logits check (float32) through whichever MoE path runs on
+    `device`: the checked logits and each MoE layer's chosen experts and weights, on the CPU."""
     from safetensors.torch import load_file
 
     from fastdllm_ray.model import load_model
     from fastdllm_ray.model.llada2_moe import MoELayer
 
-    model = load_model(REFDATA / "checkpoint")
-    vectors = load_file(str(REFDATA / "logits_check.safetensors"))
+    model = load_model(REFDATA / "checkpoint").to(device)
+    vectors = {k: v.to(device) for k, v in load_file(str(REFDATA / "logits_check.safetensors")).items()}
     out = {}
     for i, block in enumerate(model.blocks):
         if isinstance(block.mlp, MoELayer):
@@ -116,13 +116,13 @@ def llada2_forward() -> dict[str, torch.Tensor]:
                 lambda _m, _i, routed, i=i: out.update({f"chosen{i}": routed[0], f"weights{i}": routed[1]}))
     with torch.inference_mode():
         out["logits"] = model(vectors["input_ids"][None], causal_block=32)[0][vectors["positions"]]
-    return out
+    return {k: v.cpu() for k, v in out.items()}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
     if torch.cuda.is_available():
-        return {"cases": run_cases("cuda"), "llada2": None}
+        return {"cases": run_cases("cuda"), "llada2": llada2_forward("cuda")}
     from tests.model.triton_interpreter import results_of
 
     return results_of(__file__, tmp_path_factory.mktemp("moe") / "results.pt")
@@ -168,8 +168,6 @@ def test_align_puts_every_pair_once_in_its_experts_padded_run(results, name):
 
 
 def test_llada2_on_the_kernels_matches_the_reference_logits_and_experts(results):
-    if results["llada2"] is None:
-        pytest.skip("checked on the CPU interpreter run (CUDA runs check graphs instead)")
     from safetensors.torch import load_file
 
     vectors = load_file(str(REFDATA / "logits_check.safetensors"))
@@ -267,6 +265,6 @@ if __name__ == "__main__":  # the interpreter run: python tests/model/test_moe_t
     from tests.model.triton_interpreter import interpreter_as_gpu, poison_new_buffers
 
     interpreter_as_gpu()
-    llada2 = llada2_forward()  # before the poison: loading the checkpoint must not see it
+    llada2 = llada2_forward("cpu")  # before the poison: loading the checkpoint must not see it
     poison_new_buffers()
     torch.save({"cases": run_cases("cpu"), "llada2": llada2}, sys.argv[1])
