@@ -8,12 +8,15 @@ biased scores, the `topk_group` best groups stay, and the `num_experts_per_tok` 
 scores inside them are chosen (in that order). Their weights are the unbiased s, divided by
 their sum (+ 1e-20, as the reference), times `routed_scaling_factor`.
 
-Experts: every (token, chosen expert) pair is sorted by expert; one grouped matmul computes
-[gate; up] for all pairs, a second one `down` (torch._grouped_mm where it runs: CUDA bf16 on
-Hopper, and the CPU; else `padded_grouped_mm`, a batched matmul over experts padded to the
-busiest one). No Python loop over experts and no host sync on the GPU path, so a CUDA graph
-of a whole forward holds. Outputs are put back in token order and summed with their weights
-in float32, as the reference's moe_infer does.
+On CUDA where Triton is importable, the router runs as two kernels (model/moe_router_triton.py)
+and the experts as fused kernels (model/moe_triton.py) that read each touched expert's
+weights once, SwiGLU, the weighted top-k sum and the shared expert fused in. Elsewhere
+(and with FASTDLLM_MOE_BACKEND=grouped_mm): every (token, chosen expert) pair is sorted by
+expert; one grouped matmul computes [gate; up] for all pairs, a second one `down`
+(torch._grouped_mm where it runs: CUDA bf16 on Hopper, and the CPU; else `padded_grouped_mm`,
+a batched matmul over experts padded to the busiest one). No Python loop over experts and no
+host sync on the GPU paths, so a CUDA graph of a whole forward holds. Outputs are put back in
+token order and summed with their weights in float32, as the reference's moe_infer does.
 
 The checkpoint stores each expert's gate/up/down separately
 (`mlp.experts.E.{gate,up,down}_proj.weight`); we keep them stacked ([E, 2I, H] and [E, H, I]),
@@ -23,13 +26,23 @@ for, so saving and loading use the checkpoint's own names.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastdllm_ray.model import moe_router_triton, moe_triton
 from fastdllm_ray.model.llada2_config import LLaDA2Config
+
+MOE_BACKENDS = ("auto", "triton", "grouped_mm")
+# auto: the Triton router and experts on CUDA where Triton imports, else the torch router and
+# grouped GEMMs; triton: always the kernels (on the CPU only under TRITON_INTERPRET=1: tests);
+# grouped_mm: never. Read once; benchmarks may set the attribute.
+MOE_BACKEND = os.environ.get("FASTDLLM_MOE_BACKEND", "auto")
+if MOE_BACKEND not in MOE_BACKENDS:
+    raise ValueError(f"FASTDLLM_MOE_BACKEND must be one of {', '.join(MOE_BACKENDS)}, not {MOE_BACKEND!r}")
 
 
 def route(x: torch.Tensor, weight: torch.Tensor, expert_bias: torch.Tensor, n_group: int, topk_group: int,
@@ -86,10 +99,32 @@ def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, max_rows
     return padded_grouped_mm(a, b, offsets, max_rows)
 
 
+def uses_triton(x: torch.Tensor) -> bool:
+    """Whether `routed_experts` runs the fused Triton kernels for x (see MOE_BACKEND)."""
+    if MOE_BACKEND == "grouped_mm":
+        return False
+    usable = moe_triton.available(x.device, x.dtype)
+    if MOE_BACKEND == "triton":
+        if not usable:
+            raise RuntimeError(f"FASTDLLM_MOE_BACKEND=triton, but the Triton kernels cannot run on {x.device} "
+                               f"for {x.dtype} (Triton missing, or the CPU without TRITON_INTERPRET=1)")
+        return True
+    return usable and x.is_cuda
+
+
 def routed_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, gate_up: torch.Tensor,
-                   down: torch.Tensor, mm=grouped_mm) -> torch.Tensor:
+                   down: torch.Tensor, mm=None) -> torch.Tensor:
     """sum_j weights[:, j] * expert[chosen[:, j]](x) for x [N, H], experts stacked as gate_up
-    [E, 2I, H] and down [E, H, I]."""
+    [E, 2I, H] and down [E, H, I]: the fused Triton kernels where `uses_triton`, else (or when
+    `mm` names a grouped matmul) `grouped_experts`."""
+    if mm is None and uses_triton(x):
+        return moe_triton.fused_experts(x, chosen, weights, gate_up, down)
+    return grouped_experts(x, chosen, weights, gate_up, down, mm or grouped_mm)
+
+
+def grouped_experts(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, gate_up: torch.Tensor,
+                    down: torch.Tensor, mm=grouped_mm) -> torch.Tensor:
+    """routed_experts as two grouped matmuls over the pairs sorted by expert."""
     n, k = chosen.shape
     experts, inter = gate_up.shape[0], down.shape[2]
     flat = chosen.reshape(-1)
@@ -114,8 +149,11 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
-        return route(x, self.weight, self.expert_bias, c.n_group, c.topk_group, c.num_experts_per_tok,
-                     c.routed_scaling_factor)
+        fn = route
+        if moe_router_triton.fits(c.num_experts, c.n_group) and uses_triton(x):
+            fn = moe_router_triton.route
+        return fn(x, self.weight, self.expert_bias, c.n_group, c.topk_group, c.num_experts_per_tok,
+                  c.routed_scaling_factor)
 
 
 class GroupedExperts(nn.Module):
@@ -178,7 +216,18 @@ class MoELayer(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         chosen, weights = self.gate(flat)
-        out = routed_experts(flat, chosen, weights, self.experts.gate_up, self.experts.down)
-        if hasattr(self, "shared_experts"):
+        gate_up, down = self.experts.gate_up, self.experts.down
+        shared = self.shared_weights()
+        if shared is not None and uses_triton(flat) and moe_triton.shared_fits(shared, gate_up, down):
+            # the shared expert as one more expert of the fused kernels: no launches of its own
+            return moe_triton.fused_experts(flat, chosen, weights, gate_up, down, shared=shared).view(shape)
+        out = routed_experts(flat, chosen, weights, gate_up, down)
+        if shared is not None:
             out = out + self.shared_experts(flat)
         return out.view(shape)
+
+    def shared_weights(self) -> moe_triton.SharedExpert | None:
+        if not hasattr(self, "shared_experts"):
+            return None
+        s = self.shared_experts
+        return moe_triton.SharedExpert(s.gate_proj.weight, s.up_proj.weight, s.down_proj.weight)
