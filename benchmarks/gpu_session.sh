@@ -21,7 +21,8 @@ run_stage() {
              tests/engine/test_cuda_v2_engine.py tests/engine/test_cuda_llada2_engine.py 2>&1 | tail -15 ;;
     v2) python3 benchmarks/gpu.py --budget 4 --shape fast-dllm-v2-7b --agreement "" --out-dir "$out" \
           --configs block:1:128:256,block:32:128:256,blockcache:1:128:256 --decode-vs-block 1024 2>&1 | tail -16 ;;
-    llada2) python3 benchmarks/moe_kernels.py --tokens 32,1024 2>&1 | tail -12
+    llada2) python3 -m pytest -q -x -p no:cacheprovider tests/model/test_moe_triton.py tests/model/test_moe_router_triton.py 2>&1 | tail -3
+            python3 benchmarks/moe_kernels.py --tokens 32,1024 2>&1 | tail -40
             python3 benchmarks/gpu.py --budget 4 --shape llada2-mini --agreement "" \
               --configs quota:1:128:256,quota:32:128:256 2>&1 | tail -12 ;;
     traffic) python3 benchmarks/traffic.py --shape fast-dllm-v2-7b --requests 96 --out-dir "$out" 2>&1 | tail -14 ;;
