@@ -8,10 +8,10 @@ biased scores, the `topk_group` best groups stay, and the `num_experts_per_tok` 
 scores inside them are chosen (in that order). Their weights are the unbiased s, divided by
 their sum (+ 1e-20, as the reference), times `routed_scaling_factor`.
 
-On CUDA where Triton is importable, the router runs as two kernels (model/moe_router_triton.py)
-and the experts as fused kernels (model/moe_triton.py) that read each touched expert's
-weights once, SwiGLU, the weighted top-k sum and the shared expert fused in. Elsewhere
-(and with FASTDLLM_MOE_BACKEND=grouped_mm): every (token, chosen expert) pair is sorted by
+With FASTDLLM_MOE_BACKEND=auto (CUDA, Triton importable) or =triton, the router runs as two
+kernels (model/moe_router_triton.py) and the experts as fused kernels (model/moe_triton.py) that
+read each touched expert's weights once, SwiGLU, the weighted top-k sum and the shared expert
+fused in. By default (grouped_mm, and wherever Triton cannot run): every (token, chosen expert) pair is sorted by
 expert; one grouped matmul computes [gate; up] for all pairs, a second one `down`
 (torch._grouped_mm where it runs: CUDA bf16 on Hopper, and the CPU; else `padded_grouped_mm`,
 a batched matmul over experts padded to the busiest one). No Python loop over experts and no
@@ -39,8 +39,10 @@ from fastdllm_ray.model.llada2_config import LLaDA2Config
 MOE_BACKENDS = ("auto", "triton", "grouped_mm")
 # auto: the Triton router and experts on CUDA where Triton imports, else the torch router and
 # grouped GEMMs; triton: always the kernels (on the CPU only under TRITON_INTERPRET=1: tests);
-# grouped_mm: never. Read once; benchmarks may set the attribute.
-MOE_BACKEND = os.environ.get("FASTDLLM_MOE_BACKEND", "auto")
+# grouped_mm: never. Read once; benchmarks may set the attribute. The default stays grouped_mm,
+# the path measured on an H100 (BENCHMARKS.md, block-diffusion): the Triton kernels are checked
+# under the interpreter and compiled for sm_90 here, but not yet run on a GPU.
+MOE_BACKEND = os.environ.get("FASTDLLM_MOE_BACKEND", "grouped_mm")
 if MOE_BACKEND not in MOE_BACKENDS:
     raise ValueError(f"FASTDLLM_MOE_BACKEND must be one of {', '.join(MOE_BACKENDS)}, not {MOE_BACKEND!r}")
 
