@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("generate", "serve", "chat", "eval", "render", "loadtest")
+COMMANDS = ("generate", "serve", "chat", "eval", "train", "render", "loadtest")
 
 
 def build_parser() -> argparse.ArgumentParser:

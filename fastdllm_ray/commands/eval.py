@@ -1,6 +1,8 @@
 """`fastdllm-ray eval`: accuracy, NFE, tokens per forward and tokens/s of each decoding
-configuration on held-out arithmetic chat problems, through the engine here or, with
---base-url, through a running server's OpenAI API. Prints a table, writes CSV and PNG.
+configuration on held-out arithmetic chat problems (single questions, and conversations
+scored turn by turn), through the engine here or, with --base-url, through a running
+server's OpenAI API. Prints tables, writes CSV and PNG. A Dream model (or --algs) is
+evaluated over Dream's algs instead of LLaDA's commit rules.
 
 The Fast-dLLM server's evaluation-script flags (--use-cache/--no-cache, --use-dual-cache,
 --threshold, --factor, --steps, --block-length, --quick-test) select one configuration instead
@@ -33,7 +35,8 @@ def _names(text: str) -> list[str]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="accuracy vs speed of decoding configurations",
                                    description=__doc__)
-    parser.add_argument("--model", help="checkpoint directory or HF hub id (default: the shipped tiny model)")
+    parser.add_argument("--model", help="checkpoint directory, HF hub id or shipped model name "
+                                        "(default: the shipped tiny-llada-arith)")
     parser.add_argument("--base-url", help="evaluate a running server instead (e.g. http://127.0.0.1:8000)")
     parser.add_argument("--api-key", default="none", help="bearer key for --base-url")
     parser.add_argument("--served-model", help="model name to send with --base-url (default: the first listed)")
@@ -42,7 +45,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache", type=_names, default=["none", "prefix", "dual"], help="e.g. none,dual")
     parser.add_argument("--schedule", type=_names, default=["fixed", "threshold", "factor"],
                         help="fixed (one token per step), threshold (0.9), factor (1.0)")
-    parser.add_argument("--block-lengths", type=_ints, default=[16, 32, 64])
+    parser.add_argument("--block-lengths", type=_ints, help="default 16,32,64 (Dream: 32)")
+    parser.add_argument("--algs", type=_names, help="Dream's algs (default: all four); implies a Dream model")
+    parser.add_argument("--chats", type=int, default=200, help="held-out conversations (0: none)")
+    parser.add_argument("--turns", type=int, default=3, help="turns per held-out conversation")
+    parser.add_argument("--chat-configs", choices=["headline", "all"], default="headline",
+                        help="configurations the conversations run under: the server's defaults and dual "
+                             "cache + threshold 0.9 (headline), or every one")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--batch-size", type=int, default=64, help="live sequences in the engine")
@@ -79,8 +88,9 @@ def _add_server_script_flags(parser: argparse.ArgumentParser) -> None:
                       help=f"{QUICK_PROBLEMS} problems (with --tasks: --limit {QUICK_PROBLEMS})")
 
 
-def flag_config(args: argparse.Namespace):
-    """The one DecodingConfig the server-script flags describe, or None when none is given."""
+def flag_config(args: argparse.Namespace, family: str = "llada"):
+    """The one DecodingConfig the server-script flags describe, or None when none is given
+    (on Dream: the threshold is confidence_threshold's, else the alg is entropy)."""
     from fastdllm_ray.eval.configs import FACTOR, GEN_LENGTH, THRESHOLD, DecodingConfig
     from fastdllm_ray.lmeval.handoff import decoding_fields
 
@@ -96,7 +106,9 @@ def flag_config(args: argparse.Namespace):
     config = DecodingConfig(cache, schedule, 32 if args.block_length is None else args.block_length,
                             GEN_LENGTH if args.gen_length is None else args.gen_length,
                             threshold=THRESHOLD if args.threshold is None else args.threshold,
-                            factor=FACTOR if args.factor is None else args.factor, steps=args.steps)
+                            factor=FACTOR if args.factor is None else args.factor, steps=args.steps,
+                            alg=None if family != "dream" else "confidence_threshold" if schedule == "threshold"
+                            else "entropy")
     try:
         config.params()
     except ValueError as exc:
@@ -104,26 +116,30 @@ def flag_config(args: argparse.Namespace):
     return config
 
 
-def _runner(args: argparse.Namespace):
-    """(runner, description of what runs it)."""
-    from fastdllm_ray.eval import run_engine, run_server
+def _replier(args: argparse.Namespace):
+    """(replier, family, description of what runs it): replier(conversations, config, progress)
+    hands back their Replies (eval/run.py)."""
+    from fastdllm_ray.eval.run import engine_replies, server_replies
 
     if args.base_url:
         name = served_model(args)
-        runner = partial(_server, run_server, args.base_url, name, args.api_key, args.concurrency)
-        return runner, f"server {args.base_url} (model {name}, {args.concurrency} requests in flight)"
+        replier = partial(_server, server_replies, args.base_url, name, args.api_key, args.concurrency)
+        family = "dream" if args.algs else "llada"
+        return replier, family, f"server {args.base_url} (model {name}, {args.concurrency} requests in flight)"
     import torch
 
     from fastdllm_ray.model import default_model_path, load_model, load_tokenizer
+    from fastdllm_ray.model.shipped import resolve_shipped
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    path = args.model or default_model_path()
+    path = resolve_shipped(args.model) if args.model else default_model_path()
     model = load_model(path, device=device, dtype=args.dtype)
     tokenizer = load_tokenizer(path)
+    family = "dream" if model.config.model_type == "Dream" or args.algs else "llada"
     what = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    runner = partial(_engine, run_engine, model, tokenizer, args.batch_size, args.eager)
-    return runner, (f"engine on {what}, {str(model.dtype).removeprefix('torch.')}, "
-                    f"batch {args.batch_size}, model {Path(str(path)).name}")
+    replier = partial(_engine, engine_replies, model, tokenizer, args.batch_size, args.eager)
+    return replier, family, (f"engine on {what}, {str(model.dtype).removeprefix('torch.')}, "
+                             f"batch {args.batch_size}, model {Path(str(path)).name}")
 
 
 def served_model(args: argparse.Namespace) -> str:
@@ -136,45 +152,85 @@ def served_model(args: argparse.Namespace) -> str:
     return client.models.list().data[0].id
 
 
-def _engine(run_engine, model, tokenizer, batch_size, eager, problems, config, bar):
-    return run_engine(model, tokenizer, problems, config, batch_size=batch_size, progress=bar, eager=eager)
+def _engine(engine_replies, model, tokenizer, batch_size, eager, conversations, config, bar):
+    return engine_replies(model, tokenizer, conversations, config, batch_size=batch_size, progress=bar, eager=eager)
 
 
-def _server(run_server, base_url, name, api_key, concurrency, problems, config, bar):
-    return run_server(base_url, name, problems, config, api_key=api_key, concurrency=concurrency, progress=bar)
+def _server(server_replies, base_url, name, api_key, concurrency, conversations, config, bar):
+    return server_replies(base_url, name, conversations, config, api_key=api_key, concurrency=concurrency,
+                          progress=bar)
+
+
+def _single(replier, problems, config, bar):
+    from fastdllm_ray.eval.run import score, single_question
+
+    return score(config, problems, replier([single_question(p) for p in problems], config, bar))
+
+
+def _configs(args: argparse.Namespace, family: str):
+    """(the single-question grid, the configurations conversations run under)."""
+    from fastdllm_ray.eval.configs import ALGS, BLOCK_LENGTHS, DecodingConfig, dream_grid, grid
+
+    config = flag_config(args, family)
+    try:
+        if config:
+            configs = [config]
+        elif family == "dream":
+            configs = dream_grid(args.cache, args.algs or ALGS, args.block_lengths or [32])
+        else:
+            configs = grid(args.cache, args.schedule, args.block_lengths or BLOCK_LENGTHS)
+    except ValueError as exc:
+        raise SystemExit(f"--{exc}") from None
+    if args.chat_configs == "all" or config:
+        return configs, configs
+    alg = "entropy" if family == "dream" else None  # the server's defaults: dual cache, one token per step
+    fast_alg = "confidence_threshold" if family == "dream" else None
+    return configs, [DecodingConfig("dual", "fixed", 32, alg=alg), DecodingConfig("dual", "threshold", 32, alg=fast_alg)]
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastdllm_ray.eval import evaluate, grid, headline
+    from fastdllm_ray.eval import evaluate, headline
     from fastdllm_ray.eval import report
+<<<<<<< HEAD
     from fastdllm_ray.commands.sections import update_section
+=======
+    from fastdllm_ray.eval.turns import evaluate_turns, turn_headline
+    from fastdllm_ray.markdown_sections import update_section
+    from fastdllm_ray.train.chats import chats as make_chats
+>>>>>>> issue-24
     from fastdllm_ray.train.data import problems as make_problems
 
     if args.quick_test:
         args.num_problems, args.limit = QUICK_PROBLEMS, args.limit or QUICK_PROBLEMS
+        args.chats = min(args.chats, QUICK_PROBLEMS)
     if args.num_problems < 1:
         raise SystemExit("--num-problems: must be >= 1")
+    if args.chats < 0 or args.turns < 1:
+        raise SystemExit("--chats: must be >= 0, --turns: >= 1")
     if args.tasks:
         from fastdllm_ray.lmeval.handoff import run_tasks
 
         if args.base_url:
             args.served_model = served_model(args)
         return run_tasks(args, args.tasks)
-    config = flag_config(args)
-    try:
-        configs = [config] if config else grid(args.cache, args.schedule, args.block_lengths)
-    except ValueError as exc:
-        raise SystemExit(f"--{exc}") from None
+    replier, family, what = _replier(args)
+    configs, chat_configs = _configs(args, family)
     problems = make_problems(args.num_problems, args.seed, "eval")
-    runner, what = _runner(args)
+    chats = make_chats(args.chats, args.seed, "eval", args.turns) if args.chats else []
+    runner = partial(_single, replier)
     runner(problems[: min(8, len(problems))], configs[0], None)  # warm-up: first-call costs stay out of the timings
     results = evaluate(problems, configs, runner, show_progress=not args.no_progress)
+    turn_results = evaluate_turns(chats, chat_configs, replier, show_progress=not args.no_progress) if chats else []
 
     print(report.text_table(results))
-    summary = headline(results)
+    if turn_results:
+        print(report.text_table(report.flatten(turn_results), turns=True))
+    summary = headline(results) + turn_headline(turn_results)
     print("\n".join(summary))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     report.write_csv(results, args.out_dir / "eval.csv")
+    if turn_results:
+        report.write_csv(report.flatten(turn_results), args.out_dir / "eval-turns.csv", turns=True)
     title = f"{len(problems)} held-out problems, {what}"
     try:
         report.write_plot(results, args.out_dir / "eval.png", title)
@@ -183,17 +239,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out_dir / 'eval.csv'} and {args.out_dir / 'eval.png'}")
     if args.benchmarks:
         command = "fastdllm-ray eval " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:])
-        body = "\n".join([
-            "## eval: accuracy against speed of the decoding configurations",
-            "",
-            f"`{command}` ({date.today().isoformat()}): {title}; answers of up to 64 tokens; "
-            "tokens/forward counts committed tokens per sequence-forward, tokens/s the answer tokens "
-            "(cut at the end token) per second of wall time.",
-            "",
-            *[f"- {line}" for line in summary],
-            "",
-            report.markdown_table(results),
-        ])
-        update_section(args.benchmarks, "eval", body)
+        section = "eval-dream" if family == "dream" else "eval"
+        update_section(args.benchmarks, section, report.benchmarks_section(
+            command, date.today().isoformat(), title, summary, results, turn_results, len(chats), args.turns))
         print(f"recorded in {args.benchmarks}")
     return 0

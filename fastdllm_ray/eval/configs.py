@@ -1,4 +1,5 @@
-"""The decoding configurations an evaluation compares: cache mode x commit rule x block length."""
+"""The decoding configurations an evaluation compares: cache mode x commit rule x block length
+(LLaDA), cache mode x alg (Dream)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from fastdllm_ray.params import CACHE_MODES, GenerationParams
 
 SCHEDULES = ("fixed", "threshold", "factor")
+ALGS = ("entropy", "maskgit_plus", "topk_margin", "confidence_threshold")  # Dream's
 THRESHOLD = 0.9
 FACTOR = 1.0
 GEN_LENGTH = 64  # every worked answer of the shipped tasks fits, with its end token
@@ -22,12 +24,19 @@ class DecodingConfig:
     threshold: float = THRESHOLD  # used by schedule "threshold"
     factor: float = FACTOR  # used by schedule "factor"
     steps: int | None = None  # None: one step per answer token
+    alg: str | None = None  # Dream's rule (schedule "threshold" with confidence_threshold, else "fixed")
+
+    @property
+    def rule(self) -> str:
+        fixed = "fixed 1/step" if self.steps is None else f"fixed {self.steps} steps"
+        rule = {"fixed": fixed, "threshold": f"threshold {self.threshold}", "factor": f"factor {self.factor}"}
+        if self.alg is None:
+            return rule[self.schedule]
+        return f"{self.alg} {self.threshold}" if self.schedule == "threshold" else f"{self.alg}, {fixed}"
 
     @property
     def name(self) -> str:
-        fixed = "fixed 1/step" if self.steps is None else f"fixed {self.steps} steps"
-        rule = {"fixed": fixed, "threshold": f"threshold {self.threshold}", "factor": f"factor {self.factor}"}
-        return f"{self.cache} cache, {rule[self.schedule]}, block {self.block_length}"
+        return f"{self.cache} cache, {self.rule}, block {self.block_length}"
 
     def params(self) -> GenerationParams:
         padded = -(-self.gen_length // self.block_length) * self.block_length
@@ -40,7 +49,18 @@ class DecodingConfig:
             threshold=self.threshold if self.schedule == "threshold" else None,
             factor=self.factor if self.schedule == "factor" else None,
             cache=self.cache,
+            alg=self.alg,
         )
+
+    def request_fields(self) -> dict:
+        """The same settings as a chat request's extra body fields (max_tokens aside)."""
+        params = self.params()
+        extra = {"use_cache": self.cache != "none", "use_dual_cache": self.cache == "dual",
+                 "steps": params.steps, "block_length": params.block_length}
+        for name in ("threshold", "factor", "alg"):
+            if getattr(params, name) is not None:
+                extra[name] = getattr(params, name)
+        return extra
 
 
 def grid(caches=CACHE_MODES, schedules=SCHEDULES, block_lengths=BLOCK_LENGTHS,
@@ -54,3 +74,14 @@ def grid(caches=CACHE_MODES, schedules=SCHEDULES, block_lengths=BLOCK_LENGTHS,
         if block_length < 1:
             raise ValueError(f"block_length: {block_length} must be >= 1")
     return [DecodingConfig(c, s, b, gen_length) for c in caches for s in schedules for b in block_lengths]
+
+
+def dream_grid(caches=CACHE_MODES, algs=ALGS, block_lengths=(32,), gen_length: int = GEN_LENGTH) -> list[DecodingConfig]:
+    """Dream's configurations: every cache mode x alg (confidence_threshold at THRESHOLD, the
+    others one token per step); the block length only matters with a cache."""
+    for name, values, allowed in (("cache", caches, CACHE_MODES), ("alg", algs, ALGS)):
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ValueError(f"{name}: {unknown[0]!r} is not one of {allowed}")
+    return [DecodingConfig(c, "threshold" if a == "confidence_threshold" else "fixed", b, gen_length, alg=a)
+            for c in caches for a in algs for b in block_lengths]

@@ -39,11 +39,11 @@ def headline(results: list[ConfigResult], block_length: int = 32) -> list[str]:
     base = find(results, "none", "fixed", block_length)
     fast = find(results, "dual", "threshold", block_length)
     if base is not None:
-        lines.append(f"baseline (no cache, one token per step, block {block_length}): "
+        lines.append(f"baseline (no cache, {base.config.rule}, block {block_length}): "
                      f"accuracy {100 * base.accuracy:.1f}% over {base.num_problems} problems, "
                      f"mean NFE {base.mean_nfe:.1f}")
     if base is not None and fast is not None and fast.nfe:
-        lines.append(f"dual cache + threshold {fast.config.threshold} (block {block_length}): "
+        lines.append(f"dual cache + {fast.config.rule} (block {block_length}): "
                      f"accuracy {100 * fast.accuracy:.1f}% "
                      f"({100 * (fast.accuracy - base.accuracy):+.1f} points), mean NFE {fast.mean_nfe:.1f} "
                      f"({base.nfe / fast.nfe:.1f}x fewer forwards)")

@@ -1,13 +1,30 @@
-"""The model that ships inside the package: a tiny LLaDA trained on arithmetic chat
-(fastdllm_ray/train/), the default of `serve`, `generate` and `eval` when no model is given."""
+"""The models that ship inside the package, trained on arithmetic chat by fastdllm_ray/train/:
+a tiny LLaDA (the default of `serve`, `generate` and `eval` when no model is given) and a tiny
+Dream. Their names work wherever a checkpoint is named (`serve --model tiny-dream-arith`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "tiny-llada-arith"
+SHIPPED_MODELS = ("tiny-llada-arith", "tiny-dream-arith")
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def shipped_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """A shipped checkpoint directory (config.json, model.safetensors, tokenizer files)."""
+    if name not in SHIPPED_MODELS:
+        raise ValueError(f"model: {name!r} is not a shipped model ({', '.join(SHIPPED_MODELS)})")
+    return ASSETS / name
 
 
 def default_model_path() -> Path:
-    """The shipped checkpoint directory (config.json, model.safetensors, tokenizer files)."""
-    return Path(__file__).resolve().parent.parent / "assets" / DEFAULT_MODEL_NAME
+    return shipped_model_path(DEFAULT_MODEL_NAME)
+
+
+def resolve_shipped(model: str) -> str:
+    """A shipped model's name as its directory; anything else (a local directory, which wins
+    over a shipped name, or a hub id) unchanged."""
+    if model in SHIPPED_MODELS and not Path(model).exists():
+        return str(shipped_model_path(model))
+    return model

@@ -28,11 +28,12 @@ logger = logging.getLogger("ray.serve")
 
 
 def resolve_model(config: AppConfig) -> str:
-    """The checkpoint a config names: its `model`, or the model the package ships."""
-    if config.model:
-        return config.model
-    from fastdllm_ray.model.shipped import default_model_path
+    """The checkpoint a config names: its `model` (a shipped model's name is its directory), or
+    the model the package ships by default."""
+    from fastdllm_ray.model.shipped import default_model_path, resolve_shipped
 
+    if config.model:
+        return resolve_shipped(config.model)
     return str(default_model_path())
 
 

@@ -2,8 +2,11 @@
 answers, multi-step sums and products, list and counting questions.
 
 Every answer ends with "The answer is N." so an evaluation can read N back. Problems are
-split for good by a hash of their question text: one in HELDOUT_MODULUS questions belongs
-to the held-out (evaluation) split and is never drawn for training, whatever the seed.
+split for good by a hash of their key: one in HELDOUT_MODULUS keys belongs to the held-out
+(evaluation) split and is never drawn for training, whatever the seed. A sum's or a
+difference's key is its arithmetic ("12+7", operands sorted, or "19-7"), whatever the wording,
+so a held-out sum is held out as a bare question, as a word problem and inside a conversation
+(chats.py); any other problem's key is its question text.
 """
 
 from __future__ import annotations
@@ -25,6 +28,20 @@ class Problem:
     answer: str  # the worked answer the model is trained to write
     value: int  # the number after "The answer is"
     task: str
+    key: str = ""  # what the split is decided by (empty: the question text)
+
+    @property
+    def split_key(self) -> str:
+        return self.key or self.question
+
+
+def sum_key(a: int, b: int) -> str:
+    """A sum whatever its order or wording: 7+12 is the same problem as 12+7."""
+    return f"{min(a, b)}+{max(a, b)}"
+
+
+def difference_key(a: int, b: int) -> str:
+    return f"{a}-{b}"
 
 
 def _number(rng: random.Random, low: int = 0) -> int:
@@ -32,18 +49,18 @@ def _number(rng: random.Random, low: int = 0) -> int:
     return rng.randint(low, 9) if rng.random() < 0.5 else rng.randint(10, 99)
 
 
-def _done(steps: list[str], value: int, question: str, task: str) -> Problem:
-    return Problem(question, " ".join(steps + [f"The answer is {value}."]), value, task)
+def _done(steps: list[str], value: int, question: str, task: str, key: str = "") -> Problem:
+    return Problem(question, " ".join(steps + [f"The answer is {value}."]), value, task, key)
 
 
 def add(rng: random.Random) -> Problem:
     a, b = _number(rng), _number(rng)
-    return _done([f"{a} + {b} = {a + b}."], a + b, f"What is {a}+{b}?", "add")
+    return _done([f"{a} + {b} = {a + b}."], a + b, f"What is {a}+{b}?", "add", sum_key(a, b))
 
 
 def subtract(rng: random.Random) -> Problem:
     a, b = sorted((_number(rng), _number(rng)), reverse=True)
-    return _done([f"{a} - {b} = {a - b}."], a - b, f"What is {a}-{b}?", "subtract")
+    return _done([f"{a} - {b} = {a - b}."], a - b, f"What is {a}-{b}?", "subtract", difference_key(a, b))
 
 
 def multiply(rng: random.Random) -> Problem:
@@ -54,14 +71,14 @@ def multiply(rng: random.Random) -> Problem:
 def word_add(rng: random.Random) -> Problem:
     name, item, a, b = rng.choice(NAMES), rng.choice(ITEMS), _number(rng, 1), _number(rng, 1)
     q = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
-    return _done([f"{a} + {b} = {a + b}."], a + b, q, "word_add")
+    return _done([f"{a} + {b} = {a + b}."], a + b, q, "word_add", sum_key(a, b))
 
 
 def word_subtract(rng: random.Random) -> Problem:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     a, b = sorted((_number(rng, 1), _number(rng, 1)), reverse=True)
     q = f"{name} has {a} {item} and gives away {b}. How many {item} are left?"
-    return _done([f"{a} - {b} = {a - b}."], a - b, q, "word_subtract")
+    return _done([f"{a} - {b} = {a - b}."], a - b, q, "word_subtract", difference_key(a, b))
 
 
 def word_multiply(rng: random.Random) -> Problem:
@@ -121,9 +138,9 @@ TASKS = {f.__name__: f for f in (add, subtract, multiply, word_add, word_subtrac
                                   sum_chain, list_sum, multiply_add, list_extreme, list_count, letter_count)}
 
 
-def split_of(question: str) -> str:
-    """'eval' for one question in HELDOUT_MODULUS (by a stable hash), else 'train'."""
-    digest = hashlib.sha1(question.encode()).digest()
+def split_of(key: str) -> str:
+    """'eval' for one key in HELDOUT_MODULUS (by a stable hash), else 'train'."""
+    digest = hashlib.sha1(key.encode()).digest()
     return "eval" if int.from_bytes(digest[:4], "big") % HELDOUT_MODULUS == 0 else "train"
 
 
@@ -139,7 +156,7 @@ def problems(count: int, seed: int, split: str) -> list[Problem]:
     seen: set[str] = set()
     while len(out) < count:
         problem = rng.choice(makers)(rng)
-        if split_of(problem.question) != split or (split == "eval" and problem.question in seen):
+        if split_of(problem.split_key) != split or (split == "eval" and problem.question in seen):
             continue
         seen.add(problem.question)
         out.append(problem)

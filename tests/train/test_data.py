@@ -1,13 +1,19 @@
-"""The synthetic tasks: deterministic per seed, a held-out split that training never sees,
-and answers that fit the trained answer length with their end token."""
+"""The synthetic single-question tasks: deterministic per seed, a held-out split that training
+never sees (a sum or difference held out in every wording), and answers that fit the trained
+answer length with their end token."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 
 from fastdllm_ray.eval import extract_answer
+from fastdllm_ray.model import default_model_path, load_tokenizer
 from fastdllm_ray.train import data
-from fastdllm_ray.train.train import ANSWER_LENGTH, encode
+from fastdllm_ray.train.batches import encode
+from fastdllm_ray.train.chats import Chat
+from fastdllm_ray.train.recipes import ANSWER_LENGTH
 
 
 def test_same_seed_same_problems_other_seed_other_problems():
@@ -17,11 +23,23 @@ def test_same_seed_same_problems_other_seed_other_problems():
 
 
 def test_train_and_eval_sets_are_disjoint():
-    train = {p.question for p in data.problems(30_000, 0, "train")}
+    train = data.problems(30_000, 0, "train")
     held_out = data.problems(500, 1234, "eval")
     assert len({p.question for p in held_out}) == 500  # distinct held-out questions
-    assert not train & {p.question for p in held_out}
-    assert all(data.split_of(q) == "train" for q in train)
+    assert not {p.split_key for p in train} & {p.split_key for p in held_out}
+    assert all(data.split_of(p.split_key) == "train" for p in train)
+
+
+def test_a_sum_is_one_problem_in_any_order_or_wording():
+    rng = random.Random(3)
+    for _ in range(50):
+        for maker in (data.add, data.word_add, data.subtract, data.word_subtract):
+            problem = maker(rng)
+            a, sign, b = problem.answer.split(" = ")[0].split(" ")
+            expected = data.sum_key(int(a), int(b)) if sign == "+" else data.difference_key(int(a), int(b))
+            assert problem.split_key == expected
+    assert data.sum_key(12, 7) == data.sum_key(7, 12) == "7+12"
+    assert data.multiply(rng).split_key.startswith("What is")  # other tasks: the question itself
 
 
 def test_every_task_is_generated_and_its_answer_states_the_value():
@@ -33,10 +51,12 @@ def test_every_task_is_generated_and_its_answer_states_the_value():
 
 
 def test_answers_fit_the_answer_length_with_their_end_token():
+    tokenizer = load_tokenizer(default_model_path())
     problems = data.problems(3000, 5, "train")
-    tokens, prompt_lens = encode(problems)
+    rows, prompt_lens = encode(tokenizer, [Chat((p,)) for p in problems], ANSWER_LENGTH, "<|eot_id|>",
+                               "<|endoftext|>")
     assert max(len(p.answer) for p in problems) < ANSWER_LENGTH
-    assert (tokens.shape[1] - prompt_lens >= ANSWER_LENGTH).all()
+    assert all(len(row) - n == ANSWER_LENGTH for row, n in zip(rows, prompt_lens))
 
 
 def test_unknown_split_is_refused_by_name():

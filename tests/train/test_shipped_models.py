@@ -1,0 +1,56 @@
+"""The shipped models: both load from the package by name (`serve --model tiny-dream-arith`
+serves the asset), stay small, and the tiny Dream keeps Dream's real checkpoint format (its
+tokenizer declared as DreamTokenizer with vocab.json + merges.txt, read without running code,
+ChatML template, <|im_end|> and <|endoftext|> as end tokens)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from fastdllm_ray.cli import build_parser
+from fastdllm_ray.commands.serve import config_from_args
+from fastdllm_ray.model import DreamModel, LLaDAModel, load_model, load_tokenizer
+from fastdllm_ray.model.shipped import SHIPPED_MODELS, resolve_shipped, shipped_model_path
+from fastdllm_ray.serve.replica import resolve_model, served_model_name
+from fastdllm_ray.train.recipes import RECIPES
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_a_shipped_name_serves_its_asset_directory(name):
+    config = config_from_args(build_parser().parse_args(["serve", "--model", name]))
+    assert resolve_model(config) == str(shipped_model_path(name)) == resolve_shipped(name)
+    assert served_model_name(config) == name
+    assert resolve_shipped("some/hub-id") == "some/hub-id"
+    with pytest.raises(ValueError, match="model"):
+        shipped_model_path("tiny-nothing")
+
+
+@pytest.mark.parametrize("name, network", [("tiny-llada-arith", LLaDAModel), ("tiny-dream-arith", DreamModel)])
+def test_shipped_models_load_small_with_their_recipes_network(name, network):
+    directory = shipped_model_path(name)
+    assert name in RECIPES and isinstance(load_model(directory), network)
+    size = sum(p.stat().st_size for p in directory.iterdir())
+    assert size < 4 * 1024 * 1024
+    assert json.loads((directory / "generation_config.json").read_text())["max_new_tokens"] == 64
+
+
+def test_tiny_dream_keeps_dreams_checkpoint_format():
+    directory = shipped_model_path("tiny-dream-arith")
+    declared = json.loads((directory / "tokenizer_config.json").read_text())
+    assert declared["tokenizer_class"] == "DreamTokenizer" and "auto_map" in declared
+    assert {"vocab.json", "merges.txt"} <= {p.name for p in directory.iterdir()}
+    assert not (directory / "tokenizer.json").exists()
+    tokenizer = load_tokenizer(directory)
+    assert type(tokenizer).__name__ == "Qwen2Tokenizer" and "tokenization_dream" not in sys.modules
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+    model = load_model(directory)
+    assert {tokenizer.convert_ids_to_tokens(i) for i in model.end_token_ids} == {"<|endoftext|>", "<|im_end|>"}
+    assert tokenizer.convert_ids_to_tokens(model.config.mask_token_id) == "<|mask|>"
+    digits = tokenizer("12345", add_special_tokens=False)["input_ids"]
+    assert len(digits) == 5  # numbers digit by digit, as Qwen2's pre-tokenizer splits them
