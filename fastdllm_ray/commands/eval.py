@@ -191,13 +191,9 @@ def _configs(args: argparse.Namespace, family: str):
 def run(args: argparse.Namespace) -> int:
     from fastdllm_ray.eval import evaluate, headline
     from fastdllm_ray.eval import report
-<<<<<<< HEAD
     from fastdllm_ray.commands.sections import update_section
-=======
     from fastdllm_ray.eval.turns import evaluate_turns, turn_headline
-    from fastdllm_ray.markdown_sections import update_section
     from fastdllm_ray.train.chats import chats as make_chats
->>>>>>> issue-24
     from fastdllm_ray.train.data import problems as make_problems
 
     if args.quick_test:
