@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 
 from fastdllm_ray.decoding import StepOutcome
+from fastdllm_ray.engine.memory import kv_cache_plan
 from fastdllm_ray.engine.outputs import BlockOutput, GenerationResult
 from fastdllm_ray.engine.page_pool import PagePool
 from fastdllm_ray.engine.runner import ModelRunner
@@ -25,6 +26,7 @@ from fastdllm_ray.engine.sequence import Sequence, Status
 from fastdllm_ray.engine.stats import EngineStats
 from fastdllm_ray.engine.step_events import step_event
 from fastdllm_ray.model import DiffusionTransformer
+from fastdllm_ray.model.fp8 import quantize_model
 from fastdllm_ray.params import GenerationParams
 
 
@@ -37,9 +39,12 @@ class EngineConfig:
     cuda_graphs: bool = True  # replay captured steps on CUDA (no effect on the CPU)
     compile_blocks: bool = True  # torch.compile the blocks' elementwise work on CUDA
     page_size: int = 64  # positions per K/V cache page (a power of two >= 16)
-    # pages in the K/V pool; default: max_num_seqs sequences of max_model_len. Fewer pages let
-    # more seats share the memory when most requests are shorter than max_model_len.
+    # pages in the K/V pool; default: on CUDA what the GPU's memory holds (gpu_memory_utilization,
+    # engine/memory.py), at most max_num_seqs sequences of max_model_len; on the CPU exactly that many.
+    # Fewer pages let more seats share the memory when most requests are shorter than max_model_len.
     num_pages: int | None = None
+    gpu_memory_utilization: float = 0.9  # share of the GPU's memory for weights, activations, graphs and pages
+    dtype: str | None = None  # "fp8": the model's block linears quantized when the engine is built (model/fp8.py)
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_queue"):
@@ -51,6 +56,10 @@ class EngineConfig:
             raise ValueError(f"page_size: {self.page_size} is not a power of two >= 16")
         if self.num_pages is not None and self.num_pages < 1:
             raise ValueError("num_pages: must be >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization: {self.gpu_memory_utilization} is outside (0, 1]")
+        if self.dtype not in (None, "fp8"):
+            raise ValueError(f"dtype: {self.dtype!r} is not 'fp8' (the model's own dtype is set when it is loaded)")
 
 
 DEFAULT_CONTEXT_CAP = 8192  # positions per sequence when neither the caller nor the model says fewer
@@ -76,7 +85,10 @@ class Engine:
         declared = model.config.max_sequence_length
         self.max_model_len = min(self.config.max_model_len or default_max_model_len(declared), declared)
         c = self.config
-        num_pages = c.num_pages or c.max_num_seqs * -(-self.max_model_len // c.page_size)
+        if c.dtype == "fp8":
+            quantize_model(model)
+        self.memory = kv_cache_plan(model, c, self.max_model_len)  # on CUDA: measured, sized from free memory
+        num_pages = self.memory.num_pages
         self.pool = PagePool(num_pages, c.page_size)
         self.scheduler = Scheduler(c.max_num_seqs, c.max_queue, self.pool)
         self.runner = ModelRunner(model, c.max_num_seqs, self.max_model_len, num_pages, c.page_size,
