@@ -7,6 +7,15 @@ floor of each forward from the bandwidth and bf16 matmul rate measured in the sa
 
     PYTHONPATH=. python3 benchmarks/gpu.py --out BENCHMARKS.md --plot benchmarks/gpu_throughput.png
     PYTHONPATH=. python3 benchmarks/gpu.py --shape dream-7b
+
+`--dtype fp8` runs every configuration twice in the same process, with the random bf16 weights
+and then with the same weights quantized to FP8 (model/fp8.py; FASTDLLM_FP8_KERNEL picks the
+kernel), and prints the fp8/bf16 ratios beside the issue's bars (batch 1 dual step <= 0.65x,
+batch >= 32 step and refresh <= 0.75x), the tokens fp8 and bf16 agree on for the random shape
+(reported, no bar: random weights have no margin), and the test checkpoints' agreement with
+float32 in both dtypes:
+
+    PYTHONPATH=. python3 benchmarks/gpu.py --dtype fp8 --budget 8 --configs dual:1:128:256,dual:32:128:256
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import torch
 
 from fastdllm_ray import Engine, EngineConfig, GenerationParams
 from fastdllm_ray.model import DiffusionTransformer, DreamConfig, DreamModel, LLaDAConfig, LLaDAModel
+from fastdllm_ray.model.fp8 import is_quantized
 
 LLADA_8B = LLaDAConfig(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288,
                        vocab_size=126464, embedding_size=126464, max_sequence_length=4096,
@@ -67,12 +77,19 @@ def measure_floors() -> dict:
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     mm_s = timed(lambda: a @ b)
-    return {"bandwidth": bandwidth, "flops": 2 * 8192**3 / mm_s}
+    a8, b8, one = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn), torch.ones((), device="cuda")
+    fp8_s = timed(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16))
+    return {"bandwidth": bandwidth, "flops": 2 * 8192**3 / mm_s, "fp8_flops": 2 * 8192**3 / fp8_s}
 
 
 def weight_bytes(model: DiffusionTransformer) -> int:
-    skip = model.embedding.weight
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p is not skip)
+    """Bytes of every weight but the embedding (a gather reads only its tokens' rows), each storage
+    once: fused projections and their layers' views share one; FP8 weights are buffers."""
+    skip = model.embedding.weight.untyped_storage().data_ptr()
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in list(model.parameters()) + list(model.buffers())}
+    storages.pop(skip, None)
+    return sum(storages.values())
 
 
 def forward_cost(cfg, batch: int, q_len: int, kv_len: int, n_logits: int, weights: int):
@@ -138,7 +155,8 @@ def run_config(model, floors, cache, batch, prompt, gen, variant="compiled", blo
     kv = prompt + gen
     s_bytes, s_flops = forward_cost(cfg, batch, block if cache == "dual" else kv // 2, kv, block, weights)
     f_bytes, f_flops = forward_cost(cfg, batch, kv, kv, block, weights)
-    floor = lambda b, f: 1e3 * max(b / floors["bandwidth"], f / floors["flops"])  # noqa: E731
+    rate = floors["fp8_flops"] if is_quantized(model) else floors["flops"]  # FP8 tensor cores do the linears
+    floor = lambda b, f: 1e3 * max(b / floors["bandwidth"], f / rate)  # noqa: E731
     median = lambda xs: sorted(xs)[len(xs) // 2] * 1e3 if xs else float("nan")  # noqa: E731
     return Run(variant, cache, batch, prompt, gen, committed / elapsed, median(times["full"]), median(times["step"]),
                nfe, torch.cuda.max_memory_allocated() / 2**30, floor(s_bytes, s_flops), floor(f_bytes, f_flops),
@@ -271,6 +289,8 @@ def main() -> None:
                                                       "(default: the shape's family's test checkpoints)")
     ap.add_argument("--staggered", type=int, default=0,
                     help="also run N requests of unaligned traffic with and without CUDA graphs")
+    ap.add_argument("--dtype", choices=["bf16", "fp8"], default="bf16",
+                    help="fp8: every configuration also with the weights quantized to FP8, ratios to bf16")
     ap.add_argument("--out-dir", default=None, help="write gpu.md (a BENCHMARKS.md section) and a PNG here")
     args = ap.parse_args()
     floors = measure_floors()
@@ -292,15 +312,26 @@ def main() -> None:
             churn.append(staggered(model, args.staggered, variant))
             print(json.dumps(churn[-1]), flush=True)
         churn = churn[1:]
+    fp8_text = ""
+    if args.dtype == "fp8":
+        from benchmarks.gpu_fp8 import quantize_beside, ratio_markdown
+
+        bf16_bytes = weight_bytes(model)
+        fp8_runs, same_total = quantize_beside(model, args.configs.split(","), run_config, floors, args.budget)
+        fp8_weights = (bf16_bytes, weight_bytes(model))
     del model
     torch.cuda.empty_cache()
     agreement_dirs = args.agreement if args.agreement is not None else DEFAULT_AGREEMENT[args.shape]
-    agree = agreement([d for d in agreement_dirs.split(",") if d and Path(d, "config.json").exists()])
+    dirs = [d for d in agreement_dirs.split(",") if d and Path(d, "config.json").exists()]
+    agree = agreement(dirs)
+    if args.dtype == "fp8":
+        fp8_text = ratio_markdown(runs, fp8_runs, same_total, agreement(dirs, dtype="fp8"), floors, fp8_weights)
     command = "PYTHONPATH=. python3 benchmarks/gpu.py" + (f" --budget {args.budget:g}" if args.budget != 25 else "")
     command += f" --shape {args.shape}" if args.shape != "llada-8b" else ""
     command += f" --staggered {args.staggered}" if args.staggered else ""
     command += f" --configs {args.configs}" if args.configs != default_configs else ""
-    text = markdown(runs, floors, device, command, agree, churn, shape)
+    command += " --dtype fp8" if args.dtype == "fp8" else ""
+    text = markdown(runs, floors, device, command, agree, churn, shape) + fp8_text
     print(text)
     if args.out_dir:
         Path(args.out_dir, "gpu.md").write_text(text)

@@ -19,9 +19,10 @@ How the product is computed (`FASTDLLM_FP8_KERNEL`, read once; `use_kernel` in c
   tensor cores: half the bytes and twice the FLOP rate, plus the activations' rounding;
 - `auto` (default): `weight_only` for steps of up to FASTDLLM_FP8_WEIGHT_ONLY_TOKENS (default
   64) tokens, where reading the weights is the whole cost, `scaled_mm` above;
-- `emulated`: dequantize to the compute dtype and F.linear. Always used off CUDA: on the CPU an
-  FP8 model computes exactly what a float model holding the dequantized weights computes (the
-  tests' reference), with half of bf16's weight memory but no speed gain.
+- `emulated`: dequantize to the compute dtype and F.linear. Used off CUDA unless the kernel is
+  `scaled_mm` (which PyTorch also runs on the CPU, slowly: the tests use it to check that path):
+  on the CPU an FP8 model computes exactly what a float model holding the dequantized weights
+  computes (the tests' reference), with half of bf16's weight memory but no speed gain.
 On a GPU without FP8 support (compute capability below 8.9) dtype "fp8" is refused.
 """
 
@@ -102,7 +103,9 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.T
     if not isinstance(weight, Fp8Weight):
         return F.linear(x, weight, bias)
     settings = _read_settings()
-    kernel = settings["kernel"] if x.device.type == "cuda" else "emulated"
+    kernel = settings["kernel"]
+    if x.device.type != "cuda" and kernel != "scaled_mm":  # PyTorch runs _scaled_mm on the CPU too
+        kernel = "emulated"
     if kernel == "emulated":
         return F.linear(x, dequantize(weight, x.dtype), bias)
     out_features, in_features = weight.shape
@@ -124,13 +127,27 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _scaled_mm_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None) -> torch.Tensor:
+    # the quantization is plain torch ops, so torch.compile fuses it into the work before it;
+    # the matmul is one opaque op (cuBLAS), whatever the compiler's support for _scaled_mm
     xq, x_scale = quantize_rows(x)
-    # _scaled_mm wants the second operand column-major: the [out, in] rows transposed are
-    return torch._scaled_mm(xq, weight.qweight.t(), scale_a=x_scale, scale_b=weight.scale[None, :],
-                            bias=bias, out_dtype=x.dtype, use_fast_accum=True)
+    return torch.ops.fastdllm.fp8_scaled_mm(xq, weight.qweight, x_scale, weight.scale, bias, x.dtype)
 
 
-# ---- the weight-only kernel as an op torch.compile and CUDA graphs treat as one call --------
+# ---- the kernels as ops that torch.compile and CUDA graphs treat as one call each -------------
+@torch.library.custom_op("fastdllm::fp8_scaled_mm", mutates_args=())
+def _scaled_mm_op(xq: torch.Tensor, qweight: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
+                  bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    # _scaled_mm wants the second operand column-major: the [out, in] rows transposed are (on
+    # CUDA, row-wise scales need a bf16 output: the GPU's compute dtype)
+    return torch._scaled_mm(xq, qweight.t(), scale_a=x_scale, scale_b=w_scale[None, :], bias=bias,
+                            out_dtype=out_dtype, use_fast_accum=True)
+
+
+@_scaled_mm_op.register_fake
+def _(xq, qweight, x_scale, w_scale, bias, out_dtype):
+    return xq.new_empty(xq.shape[0], qweight.shape[0], dtype=out_dtype)
+
+
 @torch.library.custom_op("fastdllm::fp8_weight_only_linear", mutates_args=())
 def _weight_only_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
                     bias: torch.Tensor | None) -> torch.Tensor:

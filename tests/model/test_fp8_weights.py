@@ -1,14 +1,21 @@
 """FP8 weights on the CPU (the emulated path): per-channel e4m3 quantization within its
 rounding bound, a quantized model computing what a float model holding the dequantized weights
-computes, the bytes it saves, and dtype "fp8" refused by name where it cannot run."""
+computes, the bytes it saves, and dtype "fp8" refused by name where it cannot run; the GPU's
+scaled_mm path (which PyTorch also runs on the CPU) computing the row-quantized product, traced
+by torch.compile as one graph for every layer, and the shipped model answering through it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo.testing
+import torch.nn.functional as F
 
-from fastdllm_ray.model import fp8, load_model
+from fastdllm_ray.eval import DecodingConfig, run_engine
+from fastdllm_ray.model import default_model_path, fp8, load_model, load_tokenizer
+from fastdllm_ray.model.transformer import attention_out_and_mlp
 from fastdllm_ray.model.fp8 import Fp8Linear, Fp8Weight, dequantize, quantize_weight
+from fastdllm_ray.train.data import problems
 from tests.conftest import DREAM_CHECKPOINT, REF_CHECKPOINT
 
 TOKENS = torch.tensor([[1, 5, 9, 2, 60, 61, 61, 61, 7, 8, 100, 3], [7, 7, 3, 0, 61, 61, 61, 61, 4, 4, 4, 4]])
@@ -123,3 +130,50 @@ def test_unknown_kernel_names_are_refused(monkeypatch):
     monkeypatch.setenv(fp8.KERNEL_ENV, "fastest")
     with pytest.raises(ValueError, match="FASTDLLM_FP8_KERNEL: 'fastest' is not one of"):
         fp8.active_kernel()
+
+
+@pytest.fixture
+def kernel():
+    before = fp8.active_kernel()
+    yield fp8.use_kernel
+    fp8.use_kernel(before)
+
+
+def test_scaled_mm_path_computes_the_product_of_row_quantized_activations_and_weights(kernel):
+    kernel("scaled_mm")  # PyTorch runs _scaled_mm on the CPU too: the GPU path's arithmetic, checked here
+    torch.manual_seed(0)
+    w, bias = torch.randn(96, 128) * 0.05, torch.randn(96).bfloat16()
+    x = (torch.randn(2, 5, 128) * torch.logspace(-2, 1, 5)[None, :, None]).bfloat16()  # rows of other scales
+    q = quantize_weight(w)
+    y = fp8.linear(x, q, bias)
+    assert y.shape == (2, 5, 96) and y.dtype == torch.bfloat16
+    xq, x_scale = fp8.quantize_rows(x.reshape(-1, 128))
+    exact = (xq.float() * x_scale) @ dequantize(q).T + bias.float()
+    assert float((y.reshape(-1, 96).float() - exact).norm() / exact.norm()) < 1e-2  # bf16 output rounding
+    unquantized = F.linear(x.float(), dequantize(q), bias.float())
+    assert float((y.float() - unquantized).norm() / unquantized.norm()) < 5e-2  # e4m3 activations
+
+
+def test_compiled_block_takes_fp8_weights_as_arguments_one_graph_for_every_layer(kernel):
+    kernel("scaled_mm")
+    torch._dynamo.reset()
+    counts = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(attention_out_and_mlp, backend=counts, dynamic=True)
+    torch.manual_seed(0)
+    d, hidden, norm = 32, 48, torch.ones(32)
+    for _ in range(4):  # layers: other weights, same compiled graph
+        w_out, w_gate_up, w_down = (quantize_weight(torch.randn(*s) * 0.1) for s in ((d, d), (2 * hidden, d), (d, hidden)))
+        for tokens in (3, 9):
+            x, attn = torch.randn(1, tokens, d), torch.randn(1, tokens, d)
+            expected = attention_out_and_mlp(x, attn, w_out, norm, 1e-5, (w_gate_up,), w_down)
+            assert torch.allclose(compiled(x, attn, w_out, norm, 1e-5, (w_gate_up,), w_down), expected)
+    assert counts.frame_count == 1
+
+
+def test_shipped_model_answers_through_the_scaled_mm_path(kernel):
+    kernel("scaled_mm")  # weights and activations in e4m3, as on the GPU's FP8 tensor cores
+    path = default_model_path()
+    model, tokenizer = load_model(path, dtype="fp8"), load_tokenizer(path)
+    held_out = problems(16, seed=1234, split="eval")
+    result = run_engine(model, tokenizer, held_out, DecodingConfig("dual", "threshold", 32), batch_size=8)
+    assert result.correct >= 15
