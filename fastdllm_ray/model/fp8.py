@@ -126,7 +126,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x32 / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
 
 
-def _scaled_mm_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None) -> torch.Tensor:
+def _scaled_mm_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     # the quantization is plain torch ops, so torch.compile fuses it into the work before it;
     # the matmul is one opaque op (cuBLAS), whatever the compiler's support for _scaled_mm
     xq, x_scale = quantize_rows(x)
