@@ -204,9 +204,10 @@ def main() -> None:
     device = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (--smoke: figures mean nothing)"
     lines = [f"{device}, torch {torch.__version__}; LLaDA-8B's linear layers (fused as the model "
              "runs them), one CUDA graph of 32 layers; ms per replay (ratio to bf16), rel. error vs bf16", ""]
+    linears, blocks, sweeps = {}, {}, {}
     if "linears" in modes:
         lines += table("linears (matmuls alone)", found, tokens, lambda c, t: linears_fn(c[0], c[1], t),
-                       lambda run: run()[0], skip=("auto",))
+                       lambda run: run()[0], skip=("auto",), results=linears)
     if "block" in modes:
         def block(c, t):
             if c[2] is None and c[0] is not weights:
@@ -218,21 +219,60 @@ def main() -> None:
             return block_fn(c[0], t, ops)
 
         lines += table("block (compiled elementwise work + matmuls)", found, tokens, block, lambda run: [run() - run.x0],
-                       skip=("scaled_mm_fused", "torchao_wo"))
+                       skip=("scaled_mm_fused", "torchao_wo"), results=blocks)
     if "sweep" in modes:
         sweep = [int(t) for t in args.sweep.split(",")]
         lines += table("sweep (matmuls alone) over tokens per step", found, sweep,
                        lambda c, t: linears_fn(c[0], c[1], t), lambda run: run()[0],
-                       only=("bf16", "scaled_mm_fused", "weight_only"), errors=False)
+                       only=("bf16", "scaled_mm_fused", "weight_only"), errors=False, results=sweeps)
+    kernel, small_step, why = recommend(linears, blocks, sweeps, tokens)
+    lines.append(f"Recommended for the model layer: FASTDLLM_FP8_KERNEL={kernel} "
+                 f"FASTDLLM_FP8_WEIGHT_ONLY_TOKENS={small_step} ({why})")
     lines.append(f"\n{time.perf_counter() - started:.0f} s in all")
     text = "\n".join(lines)
     print(text, flush=True)
     if args.out_dir:
         Path(args.out_dir, "fp8_linear.md").write_text(text + "\n")
+        # read by benchmarks/fp8_gpu_all.sh, so the engine runs that follow use the winner
+        Path(args.out_dir, "fp8_kernel.env").write_text(
+            f"export FASTDLLM_FP8_KERNEL={kernel} FASTDLLM_FP8_WEIGHT_ONLY_TOKENS={small_step}\n")
 
 
-def table(title, found, tokens, make, outputs, skip=(), only=None, errors=True) -> list[str]:
-    """One markdown table: a row per candidate, per token count its time, ratio to bf16 and error."""
+MAX_ERROR = 0.06  # e4m3 weights and activations: ~3.5% of a matmul's output; more is a wrong kernel
+
+
+def recommend(linears: dict, blocks: dict, sweeps: dict, tokens: list[int]) -> tuple[str, int, str]:
+    """The model layer's kernel from the block timings (the model's own situation) of the correct
+    candidates: weight_only for small steps and scaled_mm for large ones (`auto`, switching where
+    the sweep says weight_only stops winning), or the one that wins at both ends."""
+    correct = {name for name in ("weight_only", "scaled_mm")
+               if all((name, t) in linears and linears[name, t][1] is not None and linears[name, t][1] < MAX_ERROR
+                      for t in tokens)}
+    small, large = min(tokens), max(tokens)
+    ms = {(name, t): blocks.get((name, t), (float("inf"),))[0] for name in ("weight_only", "scaled_mm")
+          for t in (small, large)}
+    if correct == {"scaled_mm"}:
+        return "scaled_mm", 0, "weight_only is not correct"
+    if correct == {"weight_only"}:
+        return "weight_only", 0, "scaled_mm is not correct"
+    if not correct:
+        return "auto", 64, "no candidate measured correct: unchanged default"
+    wo_small, wo_large = ms["weight_only", small] < ms["scaled_mm", small], ms["weight_only", large] < ms["scaled_mm", large]
+    if wo_small and not wo_large:
+        switch = small
+        for t in sorted({t for _, t in sweeps}):  # the last size before weight_only first loses
+            if sweeps.get(("weight_only", t), (float("inf"),))[0] >= sweeps.get(("scaled_mm_fused", t), (0.0,))[0]:
+                break
+            switch = max(switch, t)
+        return "auto", switch, f"weight_only faster at {small} tokens, scaled_mm at {large}; sweep switch {switch}"
+    if wo_small:
+        return "weight_only", 0, f"weight_only faster at {small} and {large} tokens"
+    return "scaled_mm", 0, f"scaled_mm faster at {small} tokens" + (" and " + str(large) if not wo_large else "")
+
+
+def table(title, found, tokens, make, outputs, skip=(), only=None, errors=True, results=None) -> list[str]:
+    """One markdown table: a row per candidate, per token count its time, ratio to bf16 and error
+    (also kept in `results`: (candidate, tokens) -> (ms, error))."""
     head = " | ".join(f"{t} tok ms (x bf16){' / rel err' if errors else ''}" for t in tokens)
     lines = [f"### {title}", "", f"| candidate | {head} |", "|---|" + "---:|" * len(tokens)]
     baseline: dict[int, tuple[float, list]] = {}
@@ -255,6 +295,8 @@ def table(title, found, tokens, make, outputs, skip=(), only=None, errors=True) 
             base_ms, base_out = baseline.get(t, (float("nan"), None))
             err = max(rel_err(a, b) for a, b in zip(out, base_out)) if errors and base_out is not None else None
             cells.append(f"{ms:.2f} ({ms / base_ms:.2f}x)" + (f" / {err:.4f}" if err is not None else ""))
+            if results is not None:
+                results[name, t] = (ms, err)
             if DEVICE == "cuda":
                 torch.cuda.synchronize()
         if cells:
