@@ -223,6 +223,9 @@ def quantize_model(model: nn.Module) -> nn.Module:
     compute dtype); a model already quantized is left as it is. Projections are fused first
     ([q;k;v], [gate;up]), as compile_blocks would, and each layer keeps a view of its rows."""
     check_supported(model.device)
+    if not is_quantized(model):
+        # generate()'s engine kept on the model replays CUDA graphs that read the old weights
+        model.__dict__.pop("_generate_engine", None)
     for block in model.blocks:
         if block.fused_qkv and isinstance(block.fused_qkv[0], Fp8Weight):
             continue
