@@ -17,6 +17,15 @@ a one-token decode step of the same network over the same N kept positions, at b
 LLaDA2.0 (`quota`: threshold 1, one position a step) is a mixture of experts: its floor counts
 the weights a step reads, every weight but the routed experts plus the experts its tokens route
 to (step_weight_bytes), and the FLOPs of the experts a token runs.
+
+`--dtype fp8` runs every configuration twice in the same process, with the random bf16 weights
+and then with the same weights quantized to FP8 (model/fp8.py; FASTDLLM_FP8_KERNEL picks the
+kernel), and prints the fp8/bf16 ratios beside the issue's bars (batch 1 dual step <= 0.65x,
+batch >= 32 step and refresh <= 0.75x), the tokens fp8 and bf16 agree on for the random shape
+(reported, no bar: random weights have no margin), and the test checkpoints' agreement with
+float32 in both dtypes:
+
+    PYTHONPATH=. python3 benchmarks/gpu.py --dtype fp8 --budget 8 --configs dual:1:128:256,dual:32:128:256
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from fastdllm_ray import Engine, EngineConfig, GenerationParams
 from fastdllm_ray.model import DiffusionTransformer, DreamConfig, DreamModel, LLaDAConfig, LLaDAModel, PagedForward
 from fastdllm_ray.model import PagedKVCache
 from fastdllm_ray.model.fast_dllm_v2 import FastDLLMV2Config, FastDLLMV2Model
+from fastdllm_ray.model.fp8 import is_quantized
 from fastdllm_ray.model.llada2 import LLaDA2Model
 from fastdllm_ray.model.llada2_config import LLaDA2Config
 from fastdllm_ray.model.paged_attention import PagedBatch, query_tiles
@@ -111,12 +121,19 @@ def measure_floors() -> dict:
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     mm_s = timed(lambda: a @ b)
-    return {"bandwidth": bandwidth, "flops": 2 * 8192**3 / mm_s}
+    a8, b8, one = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn), torch.ones((), device="cuda")
+    fp8_s = timed(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16))
+    return {"bandwidth": bandwidth, "flops": 2 * 8192**3 / mm_s, "fp8_flops": 2 * 8192**3 / fp8_s}
 
 
 def weight_bytes(model: DiffusionTransformer) -> int:
-    skip = model.embedding.weight
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p is not skip)
+    """Bytes of every weight but the embedding (a gather reads only its tokens' rows), each storage
+    once: fused projections and their layers' views share one; FP8 weights are buffers."""
+    skip = model.embedding.weight.untyped_storage().data_ptr()
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in list(model.parameters()) + list(model.buffers())}
+    storages.pop(skip, None)
+    return sum(storages.values())
 
 
 def step_weight_bytes(model: DiffusionTransformer, tokens: int) -> int:
@@ -209,7 +226,8 @@ def run_config(model, floors, cache, batch, prompt, gen, variant="compiled", blo
     step_queries = block if cache in ("dual", "quota", *BLOCK_DIFFUSION_CACHES) else kv // 2
     s_bytes, s_flops = forward_cost(cfg, batch, step_queries, kv, block, step_weight_bytes(model, batch * step_queries))
     f_bytes, f_flops = forward_cost(cfg, batch, kv, kv, block, step_weight_bytes(model, batch * kv))
-    floor = lambda b, f: 1e3 * max(b / floors["bandwidth"], f / floors["flops"])  # noqa: E731
+    rate = floors["fp8_flops"] if is_quantized(model) else floors["flops"]  # FP8 tensor cores do the linears
+    floor = lambda b, f: 1e3 * max(b / floors["bandwidth"], f / rate)  # noqa: E731
     median = lambda xs: sorted(xs)[len(xs) // 2] * 1e3 if xs else float("nan")  # noqa: E731
     return Run(variant, cache, batch, prompt, gen, committed / elapsed, median(times["full"]), median(times["step"]),
                nfe, torch.cuda.max_memory_allocated() / 2**30, floor(s_bytes, s_flops), floor(f_bytes, f_flops),
@@ -392,6 +410,8 @@ def main() -> None:
                     help="also run N requests of unaligned traffic with and without CUDA graphs")
     ap.add_argument("--decode-vs-block", type=int, default=0, metavar="CONTEXT",
                     help="also time a block step against a one-token decode step over CONTEXT kept positions")
+    ap.add_argument("--dtype", choices=["bf16", "fp8"], default="bf16",
+                    help="fp8: every configuration also with the weights quantized to FP8, ratios to bf16")
     ap.add_argument("--out-dir", default=None, help="write gpu.md (a BENCHMARKS.md section) and a PNG here")
     args = ap.parse_args()
     floors = measure_floors()
@@ -416,16 +436,27 @@ def main() -> None:
             churn.append(staggered(model, args.staggered, variant))
             print(json.dumps(churn[-1]), flush=True)
         churn = churn[1:]
+    fp8_text = ""
+    if args.dtype == "fp8":
+        from benchmarks.gpu_fp8 import quantize_beside, ratio_markdown
+
+        bf16_bytes = weight_bytes(model)
+        fp8_runs, same_total = quantize_beside(model, args.configs.split(","), run_config, floors, args.budget)
+        fp8_weights = (bf16_bytes, weight_bytes(model))
     del model
     torch.cuda.empty_cache()
     agreement_dirs = args.agreement if args.agreement is not None else DEFAULT_AGREEMENT[args.shape]
-    agree = agreement([d for d in agreement_dirs.split(",") if d and Path(d, "config.json").exists()])
+    dirs = [d for d in agreement_dirs.split(",") if d and Path(d, "config.json").exists()]
+    agree = agreement(dirs)
+    if args.dtype == "fp8":
+        fp8_text = ratio_markdown(runs, fp8_runs, same_total, agreement(dirs, dtype="fp8"), floors, fp8_weights)
     command = "PYTHONPATH=. python3 benchmarks/gpu.py" + (f" --budget {args.budget:g}" if args.budget != 25 else "")
     command += f" --shape {args.shape}" if args.shape != "llada-8b" else ""
     command += f" --staggered {args.staggered}" if args.staggered else ""
     command += f" --configs {args.configs}" if args.configs != default_configs else ""
     command += f" --decode-vs-block {args.decode_vs_block}" if args.decode_vs_block else ""
-    text = markdown(runs, floors, device, command, agree, churn, shape)
+    command += " --dtype fp8" if args.dtype == "fp8" else ""
+    text = markdown(runs, floors, device, command, agree, churn, shape) + fp8_text
     if versus:
         text += (f"\nBlock step vs decode step, batch 1, {versus['context']} kept positions, each one CUDA graph: "
                  f"32 queries (+ 8 positions' logits) {versus['block']:.2f} ms, 1 query (+ its logits) "

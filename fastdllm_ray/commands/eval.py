@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="configurations the conversations run under: the server's defaults and dual "
                              "cache + threshold 0.9 (headline), or every one")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "fp8"])
     parser.add_argument("--batch-size", type=int, default=64, help="live sequences in the engine")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight with --base-url")
     parser.add_argument("--out-dir", type=Path, default=Path("eval-results"), help="where CSV and PNG go")
@@ -138,7 +138,8 @@ def _replier(args: argparse.Namespace):
     family = "dream" if model.config.model_type == "Dream" or args.algs else "llada"
     what = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     replier = partial(_engine, engine_replies, model, tokenizer, args.batch_size, args.eager)
-    return replier, family, (f"engine on {what}, {str(model.dtype).removeprefix('torch.')}, "
+    weights = "fp8 weights + " if args.dtype == "fp8" else ""  # fp8: linear weights only (model/fp8.py)
+    return replier, family, (f"engine on {what}, {weights}{str(model.dtype).removeprefix('torch.')}, "
                              f"batch {args.batch_size}, model {Path(str(path)).name}")
 
 

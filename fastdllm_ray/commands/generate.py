@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
     parser.add_argument("--cache", choices=["none", "prefix", "dual"], default="dual")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "fp8"])
     parser.set_defaults(func=run)
 
 

@@ -28,7 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--api-key", action="append", default=[], dest="api_keys",
                         help="accepted bearer key (repeatable; also $FASTDLLM_API_KEYS, comma separated)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "fp8"],
+                        help="default: bfloat16 on a GPU, float32 on the CPU; fp8: linear weights in float8 e4m3")
+    parser.add_argument("--gpu-memory-utilization", type=float,
+                        help="size the K/V cache from GPU memory: the share of each GPU a replica may use in all, the "
+                             "cache gets what is left (default: unset, the cache holds max-num-seqs x max-model-len)")
     parser.add_argument("--max-num-seqs", type=int, help="live sequences per replica (default 16)")
     parser.add_argument("--max-model-len", type=int, help="prompt + answer tokens per sequence")
     parser.add_argument("--max-queue", type=int, help="waiting requests per replica before 503 (default 64)")
@@ -46,7 +50,9 @@ def config_from_args(args: argparse.Namespace):
     from fastdllm_ray.serve.config import AppConfig
 
     engine = {key: value for key, value in (("max_num_seqs", args.max_num_seqs), ("max_queue", args.max_queue),
-                                             ("max_model_len", args.max_model_len)) if value is not None}
+                                             ("max_model_len", args.max_model_len),
+                                             ("gpu_memory_utilization", args.gpu_memory_utilization))
+              if value is not None}
     names = args.names or [None]
     settings: dict = {"model": args.model, "model_name": names[0], "model_aliases": names[1:],
                       "device": args.device, "dtype": args.dtype,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 
 from fastdllm_ray.decoding import StepOutcome
+from fastdllm_ray.engine.memory import kv_cache_plan
 from fastdllm_ray.engine.outputs import BlockOutput, GenerationResult
 from fastdllm_ray.engine.page_pool import PagePool, prefix_keys
 from fastdllm_ray.engine.runner import ModelRunner
@@ -25,6 +26,7 @@ from fastdllm_ray.engine.sequence import Sequence, Status
 from fastdllm_ray.engine.stats import EngineStats
 from fastdllm_ray.engine.step_events import step_event
 from fastdllm_ray.model import DiffusionTransformer
+from fastdllm_ray.model.fp8 import quantize_model
 from fastdllm_ray.params import GenerationParams
 
 
@@ -37,12 +39,17 @@ class EngineConfig:
     cuda_graphs: bool = True  # replay captured steps on CUDA (no effect on the CPU)
     compile_blocks: bool = True  # torch.compile the blocks' elementwise work on CUDA
     page_size: int = 64  # positions per K/V cache page (a power of two >= 16)
-    # pages in the K/V pool; default: max_num_seqs sequences of max_model_len. Fewer pages let
-    # more seats share the memory when most requests are shorter than max_model_len.
+    # pages in the K/V pool; default: max_num_seqs sequences of max_model_len, or, on CUDA with
+    # gpu_memory_utilization set, what the GPU's memory holds, at most that many (engine/memory.py).
+    # Fewer pages let more seats share the memory when most requests are shorter than max_model_len.
     num_pages: int | None = None
     # requests whose prompts begin alike share the K/V pages of their common whole blocks (only
     # for block-diffusion families, where that is exact: decoding/policy.py shares_prefix)
     prefix_sharing: bool = True
+    # on CUDA, size the pool from the GPU's memory (engine/memory.py): the share of it for weights,
+    # activations, graphs and pages, as vLLM's flag of that name. None: num_pages' default.
+    gpu_memory_utilization: float | None = None
+    dtype: str | None = None  # "fp8": the model's block linears quantized when the engine is built (model/fp8.py)
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_queue"):
@@ -54,6 +61,10 @@ class EngineConfig:
             raise ValueError(f"page_size: {self.page_size} is not a power of two >= 16")
         if self.num_pages is not None and self.num_pages < 1:
             raise ValueError("num_pages: must be >= 1")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization: {self.gpu_memory_utilization} is outside (0, 1]")
+        if self.dtype not in (None, "fp8"):
+            raise ValueError(f"dtype: {self.dtype!r} is not 'fp8' (the model's own dtype is set when it is loaded)")
 
 
 DEFAULT_CONTEXT_CAP = 8192  # positions per sequence when neither the caller nor the model says fewer
@@ -79,7 +90,10 @@ class Engine:
         declared = model.config.max_sequence_length
         self.max_model_len = min(self.config.max_model_len or default_max_model_len(declared), declared)
         c = self.config
-        num_pages = c.num_pages or c.max_num_seqs * -(-self.max_model_len // c.page_size)
+        if c.dtype == "fp8":
+            quantize_model(model)
+        self.memory = kv_cache_plan(model, c, self.max_model_len)  # on CUDA: measured, sized from free memory
+        num_pages = self.memory.num_pages
         self.pool = PagePool(num_pages, c.page_size)
         self.runner = ModelRunner(model, c.max_num_seqs, self.max_model_len, num_pages, c.page_size,
                                   c.seed, c.cuda_graphs, c.compile_blocks)

@@ -12,6 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from fastdllm_ray.model.fp8 import check_supported as check_fp8_supported
+from fastdllm_ray.model.fp8 import quantize_model
 from fastdllm_ray.model.transformer import DiffusionTransformer, network_for
 
 _HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.json", "*.model", "*.txt"]
@@ -116,14 +118,22 @@ def load_model(
     """Loads a checkpoint (local directory or hub id; config.json's model_type says which
     family's network) into our network, in eval mode.
 
-    dtype defaults to float32 on the CPU and bfloat16 elsewhere.
+    dtype defaults to float32 on the CPU and bfloat16 elsewhere. "fp8": the blocks' linear
+    weights quantized to float8 e4m3 with per-channel scales, the rest in that default dtype
+    (model/fp8.py: FP8 kernels on GPUs of compute capability >= 8.9, emulated on the CPU).
     """
+    device = torch.device(device)
+    fp8 = dtype == "fp8"
+    if fp8:
+        check_fp8_supported(device)  # before reading gigabytes of weights
+        dtype = None
+    elif isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype: {dtype!r} is not a torch dtype nor 'fp8'")
+        dtype = getattr(torch, dtype)
     directory = resolve_checkpoint(path_or_id)
     config = load_config(directory)
     model_class = network_for(config.model_type)
-    device = torch.device(device)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
     dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
     with torch.device("meta"):
         model = model_class(config)
@@ -131,6 +141,8 @@ def load_model(
     model.load_state_dict(state, assign=True)
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
+    if fp8:
+        quantize_model(model)
     model.end_token_ids = tuple(dict.fromkeys(config.end_token_ids + _tokenizer_end_ids(directory)))
     return model
 

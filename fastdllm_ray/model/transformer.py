@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdllm_ray.model import rope_write
+from fastdllm_ray.model.fp8 import linear  # F.linear, or the FP8 kernel for an Fp8Weight
 from fastdllm_ray.model.kv_cache import PagedForward
 from fastdllm_ray.model.paged_attention import paged_attention
 
@@ -60,8 +61,8 @@ def project(h: torch.Tensor, weights: tuple, sizes: list[int], biases: tuple = (
     """Separate projections, or one fused projection split into the same outputs; `biases`
     () or one per weight (None where a projection has none)."""
     if len(weights) == 1:
-        return F.linear(h, weights[0], biases[0] if biases else None).split(sizes, dim=-1)
-    return [F.linear(h, w, biases[i] if biases else None) for i, w in enumerate(weights)]
+        return linear(h, weights[0], biases[0] if biases else None).split(sizes, dim=-1)
+    return [linear(h, w, biases[i] if biases else None) for i, w in enumerate(weights)]
 
 
 def attention_inputs(x, norm_w, eps: float, qkv_weights: tuple, sin, cos, n_heads: int, n_kv_heads: int,
@@ -80,15 +81,15 @@ def attention_inputs(x, norm_w, eps: float, qkv_weights: tuple, sin, cos, n_head
 
 def normed_projection(x, norm_w, eps: float, weight, bias=None):
     """RMSNorm then one (fused) projection: the fused path's q/k/v before RoPE."""
-    return F.linear(rms_norm(x, norm_w, eps), weight, bias)
+    return linear(rms_norm(x, norm_w, eps), weight, bias)
 
 
 def attention_out_and_mlp(x, attn, w_out, norm_w, eps: float, gate_up_weights: tuple, w_down):
     """Residual attention output, then the residual SwiGLU MLP."""
-    x = x + F.linear(attn, w_out)
+    x = x + linear(attn, w_out)
     h = rms_norm(x, norm_w, eps)
     gate, up = project(h, gate_up_weights, [w_down.shape[1], w_down.shape[1]])
-    return x + F.linear(F.silu(gate) * up, w_down)
+    return x + linear(F.silu(gate) * up, w_down)
 
 
 class _EagerOps:

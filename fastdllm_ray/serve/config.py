@@ -21,6 +21,10 @@ class EngineSettings(BaseModel):
     page_size: int = Field(64, ge=16, description="positions per K/V cache page (a power of two)")
     num_pages: Optional[int] = Field(None, ge=1, description="K/V cache pages per replica; default: "
                                      "max_num_seqs sequences of max_model_len")
+    gpu_memory_utilization: Optional[float] = Field(
+        None, gt=0, le=1, description="on a GPU, size the K/V pool from memory: the share of the GPU's memory the "
+        "replica may use for weights, activations, CUDA graphs and K/V pages; the pages get what is left (at most "
+        "max_num_seqs sequences of max_model_len). Default: num_pages' default (opt-in until measured on a GPU)")
     warm_up: bool = Field(True, description="capture every CUDA graph and compile before traffic, so no "
                           "request pays for compilation or capture")
     prefix_sharing: bool = Field(True, description="requests whose prompts begin alike share the K/V pages of "
@@ -57,7 +61,9 @@ class AppConfig(BaseModel):
         default_factory=list, description="more names clients may send as `model` (as vLLM's --served-model-name "
         "takes several); /v1/models lists each, metrics keep model_name")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
+    dtype: Optional[Literal["float32", "bfloat16", "float16", "fp8"]] = Field(
+        None, description="default: bfloat16 on a GPU, float32 on the CPU; fp8: the blocks' linear weights in "
+        "float8 e4m3 (GPUs of compute capability >= 8.9; emulated on the CPU)")
     num_gpus_per_replica: Optional[float] = Field(None, ge=0, description="default: 1 when device is cuda")
     num_cpus_per_replica: float = Field(1, ge=0)
     num_replicas: Optional[int] = Field(None, ge=1, description="fixed replica count (no autoscaling)")

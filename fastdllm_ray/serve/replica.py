@@ -66,7 +66,8 @@ class EngineReplica:
                                             max_model_len=settings.max_model_len,
                                             max_queue=settings.max_queue, seed=self.config.seed,
                                             page_size=settings.page_size, num_pages=settings.num_pages,
-                                            prefix_sharing=settings.prefix_sharing))
+                                            prefix_sharing=settings.prefix_sharing,
+                                            gpu_memory_utilization=settings.gpu_memory_utilization))
         warm_s = engine.warm_up() if settings.warm_up else 0.0
         self.engine = AsyncEngine(engine)
         try:
@@ -76,9 +77,9 @@ class EngineReplica:
         self.replica_id = replica  # in every admission, so the ingress can count each request's fate by replica
         self.metrics = ReplicaMetrics(served_model_name(self.config), replica)
         self._sampler = GaugeSampler(self._sample_gauges)
-        logger.info("engine replica %s: %s on %s, %d seats, %d tokens each at most, %d K/V pages of %d, "
-                    "warm-up %.1f s", replica, resolve_model(self.config), device, settings.max_num_seqs,
-                    engine.max_model_len, engine.pool.num_pages, engine.pool.page_size, warm_s)
+        logger.info("engine replica %s: %s on %s (%s), %d seats, %d tokens each at most, %s, warm-up %.1f s",
+                    replica, resolve_model(self.config), device, self.config.dtype or "default dtype",
+                    settings.max_num_seqs, engine.max_model_len, engine.memory.summary(), warm_s)
 
     def _sample_gauges(self) -> None:
         engine = self.engine.engine
