@@ -24,6 +24,9 @@ class TrainConfig:
     chat_fraction: float = 0.5  # of the pool: conversations; the rest single questions of every task
     bf16: int = 1  # bfloat16 autocast (fast where the CPU has bfloat16 instructions)
     max_minutes: float | None = None  # fewer steps (printed) when the run would take longer
+    # start from this checkpoint's weights (a shipped name or a directory of the same recipe)
+    # instead of the seed's random ones: a second stage on new data
+    init_from: str | None = None
     log_every: int = 100
 
 
@@ -32,6 +35,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu")
     for name, value in asdict(TrainConfig()).items():
         kind = {"model": str, "lr": float, "min_lr": float, "weight_decay": float, "grad_clip": float,
-                "max_minutes": float, "chat_fraction": float}.get(name, int)
+                "max_minutes": float, "chat_fraction": float,
+                "init_from": str}.get(name, int)
         choices = list(RECIPE_NAMES) if name == "model" else None
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value, choices=choices)

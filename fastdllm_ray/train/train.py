@@ -54,7 +54,10 @@ def train(cfg: TrainConfig, out: Path, device: str = "cpu") -> torch.nn.Module:
     out.mkdir(parents=True, exist_ok=True)
     recipe.save_tokenizer(out)
     tokenizer = load_tokenizer(out)  # everything below reads the tokenizer the checkpoint ships
-    model = init_weights(recipe.build_model(tokenizer), cfg.seed).to(device)
+    model = init_weights(recipe.build_model(tokenizer), cfg.seed)
+    if cfg.init_from:
+        _load_weights(model, cfg.init_from)
+    model = model.to(device)
     print(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
     objective = OBJECTIVES[recipe.objective]
     if cfg.steps:
@@ -75,6 +78,18 @@ def train(cfg: TrainConfig, out: Path, device: str = "cpu") -> torch.nn.Module:
                           pad_token_id=config.pad_token_id)
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     return model
+
+
+def _load_weights(model: torch.nn.Module, source: str) -> None:
+    """The weights of a checkpoint of the same recipe (same network, same tokenizer), as float32."""
+    from fastdllm_ray.model import load_model
+    from fastdllm_ray.model.shipped import resolve_shipped
+
+    trained = load_model(resolve_shipped(source), dtype=torch.float32)
+    if trained.config != model.config:
+        raise ValueError(f"init_from: {source} is not a checkpoint of this recipe's network "
+                         f"({trained.config} != {model.config})")
+    model.load_state_dict(trained.state_dict())
 
 
 def _loop(cfg: TrainConfig, model, objective, batches: LengthBatches, device: str) -> None:
