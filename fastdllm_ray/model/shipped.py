@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "tiny-llada-arith"
-SHIPPED_MODELS = ("tiny-llada-arith", "tiny-dream-arith")
+SHIPPED_MODELS = ("tiny-llada-arith", "tiny-dream-arith", "tiny-v2-arith")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 

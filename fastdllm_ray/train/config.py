@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-RECIPE_NAMES = ("tiny-llada-arith", "tiny-dream-arith")  # recipes.RECIPES' keys
+RECIPE_NAMES = ("tiny-llada-arith", "tiny-dream-arith", "tiny-v2-arith")  # recipes.RECIPES' keys
 
 
 @dataclass

@@ -59,8 +59,13 @@ def train_bpe(texts: list[str], vocab_size: int = VOCAB_SIZE) -> Tokenizer:
     return bpe
 
 
-def save_tokenizer(directory: str | Path, texts: list[str] | None = None) -> None:
-    """Writes vocab.json, merges.txt and tokenizer_config.json into `directory`."""
+V2_MASK = "|<MASK>|"  # Fast-dLLM v2's mask token (Qwen2.5's vocabulary + this one)
+
+
+def save_tokenizer(directory: str | Path, texts: list[str] | None = None, v2: bool = False) -> None:
+    """Writes vocab.json, merges.txt and tokenizer_config.json into `directory`: Dream's files,
+    or with `v2` Fast-dLLM v2's (the same ids, the mask spelt |<MASK>|, Qwen2Tokenizer, the turn's
+    end <|im_end|> as eos), so a v2 model can start from the tiny Dream's weights."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for stale in ("tokenizer.json", "special_tokens_map.json", "chat_template.jinja"):
@@ -68,13 +73,18 @@ def save_tokenizer(directory: str | Path, texts: list[str] | None = None) -> Non
     bpe = train_bpe(training_texts() if texts is None else texts)
     bpe.model.save(str(directory))  # vocab.json, merges.txt
     n_bpe = len(json.loads((directory / "vocab.json").read_text()))
+    special = SPECIAL[:-1] + (V2_MASK,) if v2 else SPECIAL
     added = {str(n_bpe + i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                              "single_word": False, "special": True} for i, t in enumerate(SPECIAL)}
-    (directory / "tokenizer_config.json").write_text(json.dumps({
+                              "single_word": False, "special": True} for i, t in enumerate(special)}
+    declared = {
         "add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": added,
         "additional_special_tokens": [IM_START, IM_END],
         "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
         "bos_token": BOS, "chat_template": CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
         "eos_token": EOS, "errors": "replace", "mask_token": MASK, "model_max_length": 512,
         "pad_token": EOS, "split_special_tokens": False, "tokenizer_class": "DreamTokenizer", "unk_token": None,
-    }, indent=2) + "\n")
+    }
+    if v2:  # as Fast_dLLM_v2_7B declares its tokenizer
+        del declared["auto_map"], declared["mask_token"]
+        declared.update(tokenizer_class="Qwen2Tokenizer", eos_token=IM_END, bos_token=None)
+    (directory / "tokenizer_config.json").write_text(json.dumps(declared, indent=2) + "\n")

@@ -68,11 +68,33 @@ def _dream_model(tokenizer) -> DreamModel:
     ))
 
 
+def _v2_tokenizer(out: Path) -> None:
+    from fastdllm_ray.train.dream_tokenizer import save_tokenizer
+
+    save_tokenizer(out, v2=True)
+
+
+def _v2_model(tokenizer) -> DiffusionTransformer:
+    """The tiny Dream's network (Qwen2's layout) as Fast-dLLM v2 is Qwen2.5's: blocks of 32,
+    the ids of the tiny Dream's vocabulary (so it can start from the tiny Dream's weights)."""
+    from fastdllm_ray.model.fast_dllm_v2 import FastDLLMV2Config, FastDLLMV2Model
+    from fastdllm_ray.train.dream_tokenizer import BOS, EOS, IM_END, V2_MASK
+
+    ids = tokenizer.convert_tokens_to_ids
+    return FastDLLMV2Model(FastDLLMV2Config(
+        d_model=128, n_heads=4, n_kv_heads=2, n_layers=4, mlp_hidden_size=384, vocab_size=len(tokenizer),
+        max_sequence_length=512, mask_token_id=ids(V2_MASK), eos_token_id=ids(IM_END), pad_token_id=ids(EOS),
+        bos_token_id=ids(BOS), rope_theta=10000.0, bd_size=32,
+    ))
+
+
 RECIPES: dict[str, Recipe] = {
     "tiny-llada-arith": Recipe("tiny-llada-arith", "llada", _llada_tokenizer, _llada_model,
                                end_token="<|eot_id|>", pad_token="<|endoftext|>"),
     "tiny-dream-arith": Recipe("tiny-dream-arith", "dream", _dream_tokenizer, _dream_model,
                                end_token="<|im_end|>", pad_token="<|endoftext|>"),
+    "tiny-v2-arith": Recipe("tiny-v2-arith", "fast_dllm_v2", _v2_tokenizer, _v2_model,
+                            end_token="<|im_end|>", pad_token="<|endoftext|>"),
 }
 
 

@@ -72,7 +72,7 @@ def train(cfg: TrainConfig, out: Path, device: str = "cpu") -> torch.nn.Module:
     model.eval()
     save_checkpoint(model, out, dtype=torch.bfloat16)
     generation = {"max_new_tokens": ANSWER_LENGTH}
-    if recipe.objective == "dream":  # as Dream's own generation_config.json
+    if recipe.objective in ("dream", "fast_dllm_v2"):  # as their own generation_config.json files
         config = model.config
         generation.update(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
                           pad_token_id=config.pad_token_id)
@@ -81,14 +81,16 @@ def train(cfg: TrainConfig, out: Path, device: str = "cpu") -> torch.nn.Module:
 
 
 def _load_weights(model: torch.nn.Module, source: str) -> None:
-    """The weights of a checkpoint of the same recipe (same network, same tokenizer), as float32."""
+    """The weights of a checkpoint of the same network and vocabulary, as float32: one of the
+    same recipe, or of another family with the same layout (tiny-v2-arith from tiny-dream-arith,
+    as Fast-dLLM v2 starts from Qwen2.5)."""
     from fastdllm_ray.model import load_model
     from fastdllm_ray.model.shipped import resolve_shipped
 
     trained = load_model(resolve_shipped(source), dtype=torch.float32)
-    if trained.config != model.config:
-        raise ValueError(f"init_from: {source} is not a checkpoint of this recipe's network "
-                         f"({trained.config} != {model.config})")
+    shapes = lambda m: {name: tuple(t.shape) for name, t in m.state_dict().items()}  # noqa: E731
+    if shapes(trained) != shapes(model) or trained.config.mask_token_id != model.config.mask_token_id:
+        raise ValueError(f"init_from: {source} is not a checkpoint of this recipe's network and vocabulary")
     model.load_state_dict(trained.state_dict())
 
 
