@@ -135,7 +135,8 @@ def _replier(args: argparse.Namespace):
     path = resolve_shipped(args.model) if args.model else default_model_path()
     model = load_model(path, device=device, dtype=args.dtype)
     tokenizer = load_tokenizer(path)
-    family = "dream" if model.config.model_type == "Dream" or args.algs else "llada"
+    family = {"Dream": "dream", "Fast_dLLM_Qwen": "fast_dllm_v2"}.get(model.config.model_type, "llada")
+    family = "dream" if args.algs else family
     what = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     replier = partial(_engine, engine_replies, model, tokenizer, args.batch_size, args.eager)
     weights = "fp8 weights + " if args.dtype == "fp8" else ""  # fp8: linear weights only (model/fp8.py)
@@ -170,8 +171,15 @@ def _single(replier, problems, config, bar):
 
 def _configs(args: argparse.Namespace, family: str):
     """(the single-question grid, the configurations conversations run under)."""
-    from fastdllm_ray.eval.configs import ALGS, BLOCK_LENGTHS, DecodingConfig, dream_grid, grid
+    from fastdllm_ray.eval.configs import ALGS, BLOCK_LENGTHS, DecodingConfig, dream_grid, grid, v2_grid
 
+    if family == "fast_dllm_v2":  # threshold x block cache; conversations at the default (1.0) and 0.9
+        thresholds = [args.threshold] if args.threshold is not None else None
+        try:
+            configs = v2_grid(thresholds) if thresholds else v2_grid()
+        except ValueError as exc:
+            raise SystemExit(f"--{exc}") from None
+        return configs, [c for c in configs if not c.block_cache and c.threshold in (1.0, 0.9)]
     config = flag_config(args, family)
     try:
         if config:

@@ -1,5 +1,6 @@
 """The decoding configurations an evaluation compares: cache mode x commit rule x block length
-(LLaDA), cache mode x alg (Dream)."""
+(LLaDA), cache mode x alg (Dream), threshold x block cache (Fast-dLLM v2: cache "block", its
+K/V kept by block as the family always does)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ THRESHOLD = 0.9
 FACTOR = 1.0
 GEN_LENGTH = 64  # every worked answer of the shipped tasks fits, with its end token
 BLOCK_LENGTHS = (16, 32, 64)
+V2_THRESHOLDS = (1.0, 0.9, 0.7)  # 1.0: the reference's default, one position a forward
+V2_SUB_BLOCK = 8
 
 
 @dataclass(frozen=True)
@@ -25,9 +28,16 @@ class DecodingConfig:
     factor: float = FACTOR  # used by schedule "factor"
     steps: int | None = None  # None: one step per answer token
     alg: str | None = None  # Dream's rule (schedule "threshold" with confidence_threshold, else "fixed")
+    block_cache: bool | None = None  # Fast-dLLM v2 (cache "block"): its use_block_cache
+
+    @property
+    def v2(self) -> bool:
+        return self.cache == "block"
 
     @property
     def rule(self) -> str:
+        if self.v2:
+            return f"threshold {self.threshold:g}, sub-block {V2_SUB_BLOCK}" + (", block cache" if self.block_cache else "")
         fixed = "fixed 1/step" if self.steps is None else f"fixed {self.steps} steps"
         rule = {"fixed": fixed, "threshold": f"threshold {self.threshold}", "factor": f"factor {self.factor}"}
         if self.alg is None:
@@ -36,9 +46,14 @@ class DecodingConfig:
 
     @property
     def name(self) -> str:
+        if self.v2:
+            return f"Fast-dLLM v2, {self.rule}, block {self.block_length}"
         return f"{self.cache} cache, {self.rule}, block {self.block_length}"
 
     def params(self) -> GenerationParams:
+        if self.v2:
+            return GenerationParams(gen_length=self.gen_length, block_length=self.block_length, threshold=self.threshold,
+                                    sub_block_length=V2_SUB_BLOCK, block_cache=bool(self.block_cache))
         padded = -(-self.gen_length // self.block_length) * self.block_length
         # fixed without steps: as many steps as answer tokens, so exactly one is committed per step;
         # more steps than that would only run forwards that commit nothing
@@ -55,6 +70,9 @@ class DecodingConfig:
     def request_fields(self) -> dict:
         """The same settings as a chat request's extra body fields (max_tokens aside)."""
         params = self.params()
+        if self.v2:
+            return {"threshold": params.threshold, "block_length": params.block_length,
+                    "sub_block_length": params.sub_block_length, "block_cache": params.block_cache}
         extra = {"use_cache": self.cache != "none", "use_dual_cache": self.cache == "dual",
                  "steps": params.steps, "block_length": params.block_length}
         for name in ("threshold", "factor", "alg"):
@@ -85,3 +103,13 @@ def dream_grid(caches=CACHE_MODES, algs=ALGS, block_lengths=(32,), gen_length: i
             raise ValueError(f"{name}: {unknown[0]!r} is not one of {allowed}")
     return [DecodingConfig(c, "threshold" if a == "confidence_threshold" else "fixed", b, gen_length, alg=a)
             for c in caches for a in algs for b in block_lengths]
+
+
+def v2_grid(thresholds=V2_THRESHOLDS, block_caches=(False, True), block_length: int = 32,
+            gen_length: int = GEN_LENGTH) -> list[DecodingConfig]:
+    """Fast-dLLM v2's configurations: every threshold, without and with the block cache."""
+    for t in thresholds:
+        if not 0 < t <= 1:
+            raise ValueError(f"threshold: {t} is outside (0, 1]")
+    return [DecodingConfig("block", "threshold", block_length, gen_length, threshold=t, block_cache=c)
+            for c in block_caches for t in thresholds]

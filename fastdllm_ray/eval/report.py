@@ -84,7 +84,7 @@ def write_plot(results: list[ConfigResult], path: Path, title: str) -> None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    markers = {"none": "o", "prefix": "s", "dual": "^"}
+    markers = {"none": "o", "prefix": "s", "dual": "^", "block": "D"}
     colours = {"fixed": "tab:blue", "threshold": "tab:orange", "factor": "tab:green"}
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for r in results:
@@ -93,7 +93,8 @@ def write_plot(results: list[ConfigResult], path: Path, title: str) -> None:
         ax.annotate(str(r.config.block_length), (r.mean_nfe, 100 * r.accuracy), fontsize=7,
                     xytext=(4, 3), textcoords="offset points")
     for cache, marker in markers.items():
-        ax.scatter([], [], marker=marker, color="grey", label=f"{cache} cache")
+        if any(r.config.cache == cache for r in results):
+            ax.scatter([], [], marker=marker, color="grey", label=f"{cache} cache")
     for schedule, colour in colours.items():
         ax.scatter([], [], marker="o", color=colour, label=schedule)
     ax.set_xlabel("mean forwards per problem (NFE)")
