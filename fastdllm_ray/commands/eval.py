@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out_dir / 'eval.csv'} and {args.out_dir / 'eval.png'}")
     if args.benchmarks:
         command = "fastdllm-ray eval " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:])
-        section = "eval-dream" if family == "dream" else "eval"
+        section = {"dream": "eval-dream", "fast_dllm_v2": "eval-v2"}.get(family, "eval")
         update_section(args.benchmarks, section, report.benchmarks_section(
             command, date.today().isoformat(), title, summary, results, turn_results, len(chats), args.turns))
         print(f"recorded in {args.benchmarks}")

@@ -64,9 +64,10 @@ def benchmarks_section(command: str, day: str, title: str, summary: list[str], r
                        turn_results: list[list[ConfigResult]], num_chats: int, num_turns: int) -> str:
     """The BENCHMARKS.md section of an evaluation: the command, the headline, the
     single-question table and, with conversations, their per-turn rows."""
-    model = "Dream" if results and results[0].config.alg else "LLaDA"
-    lines = [f"## eval{'-dream' if model == 'Dream' else ''}: accuracy against speed of the decoding "
-             f"configurations ({model})", "",
+    first = results[0].config if results else None
+    model, suffix = (("Dream", "-dream") if first and first.alg else ("Fast-dLLM v2", "-v2") if first and first.v2
+                     else ("LLaDA", ""))
+    lines = [f"## eval{suffix}: accuracy against speed of the decoding configurations ({model})", "",
              f"`{command}` ({day}): {title}; answers of up to 64 tokens; tokens/forward counts committed tokens "
              "per sequence-forward, tokens/s the answer tokens (cut at the end token) per second of wall time.", "",
              *[f"- {line}" for line in summary], "", "Single questions (every task):", "", markdown_table(results)]

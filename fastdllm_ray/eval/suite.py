@@ -36,6 +36,10 @@ def find(results: list[ConfigResult], cache: str, schedule: str, block_length: i
 def headline(results: list[ConfigResult], block_length: int = 32) -> list[str]:
     """The baseline (no cache, one token per step) and dual cache + threshold 0.9 beside it."""
     lines = []
+    if results and results[0].config.v2:  # Fast-dLLM v2: each threshold, without the block cache
+        return [f"{r.config.rule} (block {r.config.block_length}): accuracy {100 * r.accuracy:.1f}% over "
+                f"{r.num_problems} problems, mean NFE {r.mean_nfe:.1f}, {r.tokens_per_forward:.2f} tokens/forward"
+                for r in results if not r.config.block_cache]
     base = find(results, "none", "fixed", block_length)
     fast = find(results, "dual", "threshold", block_length)
     if base is not None:

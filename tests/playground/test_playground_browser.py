@@ -140,8 +140,8 @@ def converse(page, model: str) -> None:
     """A new chat with `model`: each turn's answer is checked as it comes."""
     Select(page.find_element(By.ID, "model")).select_by_value(model)
     page.find_element(By.ID, "reset").click()
-    for field in ("steps", "threshold", "block_length", "max_tokens"):
-        set_field(page, field, "")  # the server's defaults
+    for field in ("steps", "threshold", "block_length", "max_tokens"):  # the server's defaults (shown or not)
+        page.execute_script("document.getElementById(arguments[0]).value = ''", field)
     for turn, (question, _, _) in enumerate(TWO_TURNS):
         send(page, question)
         WebDriverWait(page, 60).until(lambda b: "NFE" in b.find_element(By.ID, "stats").text)
