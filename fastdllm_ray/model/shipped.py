@@ -1,13 +1,15 @@
 """The models that ship inside the package, trained on arithmetic chat by fastdllm_ray/train/:
-a tiny LLaDA (the default of `serve`, `generate` and `eval` when no model is given) and a tiny
-Dream. Their names work wherever a checkpoint is named (`serve --model tiny-dream-arith`)."""
+a tiny LLaDA (the default of `serve`, `generate` and `eval` when no model is given). Their
+names work wherever a checkpoint is named (`serve --model tiny-llada-arith`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "tiny-llada-arith"
-SHIPPED_MODELS = ("tiny-llada-arith", "tiny-dream-arith", "tiny-v2-arith")
+# tiny-dream-arith and tiny-v2-arith have recipes (train/recipes.py) but ship once they answer as
+# well (issue 24: >= 95% held out); CPU training alone did not get them there
+SHIPPED_MODELS = ("tiny-llada-arith",)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 

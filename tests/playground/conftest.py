@@ -1,7 +1,6 @@
 """One app for the playground tests (step streaming over the API, the chat CLI in a real
 terminal, the web page in a real browser), started as `fastdllm-ray serve` starts it, with an
-API key so that every client proves it sends one. It serves both shipped models behind one
-ingress, tiny-llada-arith first (the default a client picks)."""
+API key so that every client proves it sends one."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ API_KEY = "playground-test-key"
 
 @pytest.fixture(scope="package")
 def base_url():
-    config = AppConfig(api_keys=[API_KEY], engine={"max_num_seqs": 4, "max_queue": 8},
-                       models=[{"model": "tiny-llada-arith"}, {"model": "tiny-dream-arith"}])
+    config = AppConfig(api_keys=[API_KEY], engine={"max_num_seqs": 4, "max_queue": 8})
     with running_app(config) as (url, _):
         yield url

@@ -1,7 +1,7 @@
 """The playground in a real headless browser (Debian's chromium through its chromedriver)
 against a real server: it asks "What is 2+2?", watches the answer cells go from masked to
 text over several steps, reads the figures, replays the steps and saves a screenshot; a
-two-turn conversation is answered right at both turns, by the tiny LLaDA and the tiny Dream;
+two-turn conversation is answered right at both turns by every shipped model;
 bad input shows the server's own message in the page. On the tiny Fast-dLLM v2 and LLaDA2.0
 models (a second app on the same cluster) the settings are the chosen model's family's, and
 the grid gains a row per block as the answer grows, every answer token in a cell.
@@ -37,6 +37,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from fastdllm_ray.model.shipped import SHIPPED_MODELS  # noqa: E402
 from fastdllm_ray.train.data import difference_key, split_of, sum_key  # noqa: E402
 
 ANSWER = "2 + 2 = 4. The answer is 4."
@@ -149,7 +150,7 @@ def converse(page, model: str) -> None:
         assert answers == [answer for _, answer, _ in TWO_TURNS[: turn + 1]], model
 
 
-@pytest.mark.parametrize("model", ["tiny-llada-arith", "tiny-dream-arith"])
+@pytest.mark.parametrize("model", SHIPPED_MODELS)
 def test_a_two_turn_conversation_is_answered_right_at_both_turns(page, model):
     assert all(split_of(key) == "eval" for _, _, key in TWO_TURNS)
     converse(page, model)
