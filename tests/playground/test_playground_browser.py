@@ -163,12 +163,13 @@ def replayed_step(page) -> int:
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("message", "", "messages.2.content: a user message must not be empty"),
+    ("message", "", "messages.0.content: a user message must not be empty"),
     ("threshold", "2", "threshold: 2.0 is outside (0, 1]"),
     ("max_tokens", "1000000000", "max_tokens: 1000000000 is beyond the model's context"),
     ("block_length", "abc", "block_length: Input should be a valid integer"),
 ])
 def test_bad_input_shows_the_servers_message(page, field, value, message):
+    page.find_element(By.ID, "reset").click()  # a new chat: an empty message is the conversation's first
     messages_before = len(page.find_elements(By.CSS_SELECTOR, "#messages .msg"))
     if field != "message":
         set_field(page, field, value)
