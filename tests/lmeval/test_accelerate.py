@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness_run import MC_ARGS, MC_DOCS, accuracy
+from harness_run import ANSWERS_BOUND, MC_ARGS, MC_DOCS, accuracy
 
 from tests.net import free_port
 
@@ -37,6 +37,6 @@ def test_two_processes_split_the_documents_and_score_as_one_does(tmp_path, direc
     results = json.loads((tmp_path / "lm-eval-results.json").read_text())["results"]  # gathered on rank 0
     assert results["tiny_arith"]["sample_len"] == DOCS
     assert results["tiny_arith"]["exact_match,answer"] == accuracy(direct_generation, "tiny_arith", DOCS)
-    assert results["tiny_arith"]["exact_match,answer"] >= 0.95
+    assert results["tiny_arith"]["exact_match,answer"] >= ANSWERS_BOUND
     # log-likelihoods are seeded per request, so the split changes nothing
     assert results["tiny_arith_mc"]["acc,none"] == accuracy(direct_choice, "tiny_arith_mc", DOCS)

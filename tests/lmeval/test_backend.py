@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from harness_run import GEN_DOCS, MC_DOCS, answers, choices
+from harness_run import ANSWERS_BOUND, GEN_DOCS, MC_DOCS, answers, choices
 from lm_eval.api.instance import Instance
 
 from fastdllm_ray.eval import DecodingConfig, run_engine
@@ -39,12 +39,12 @@ def generate(lm, context: str, **gen_kwargs) -> str:
     return text
 
 
-def test_dual_cache_threshold_answers_95_percent_and_agrees_with_fastdllm_eval(direct_generation, lm):
+def test_dual_cache_threshold_answers_and_agrees_with_fastdllm_eval(direct_generation, lm):
     got = answers(direct_generation)
     values = {i: str(p.value) for i, p in enumerate(problems(GEN_DOCS, SEED, "eval"))}
     accuracy = direct_generation["results"]["tiny_arith"]["exact_match,answer"]
     assert len(got) == GEN_DOCS and accuracy == sum(got[i] == values[i] for i in values) / GEN_DOCS
-    assert accuracy >= 0.95
+    assert accuracy >= ANSWERS_BOUND
     # `fastdllm-ray eval`'s own path on the same problems and settings scores the same
     mine = run_engine(lm.model, lm.tokenizer, problems(GEN_DOCS, SEED, "eval"), DecodingConfig("dual", "threshold", 32))
     assert mine.correct == round(accuracy * GEN_DOCS)
@@ -137,12 +137,13 @@ def test_a_fresh_interpreter_finds_the_backend_by_name_next_to_lm_evals_own():
 
 
 def test_shipped_task_data_is_the_held_out_problems_with_one_right_choice():
-    from fastdllm_ray.lmeval.taskdata import DATA_FILE
-    from fastdllm_ray.train.data import split_of
+    from fastdllm_ray.lmeval.taskdata import DATA_FILE, SEED
+    from fastdllm_ray.train.data import problems, split_of
 
     shipped = [json.loads(line) for line in DATA_FILE.read_text().splitlines()]
     assert shipped == rows() and len(shipped) == NUM_PROBLEMS  # regenerated: `python -m fastdllm_ray.lmeval.taskdata`
-    for row in shipped:
-        assert split_of(row["question"]) == "eval"
+    held_out = {p.question: p for p in problems(NUM_PROBLEMS, SEED, "eval")}
+    for row in shipped:  # a sum or difference is held out by its arithmetic, any other problem by its text
+        assert split_of(held_out[row["question"]].split_key) == "eval"
         assert row["choices"][row["gold"]] == row["answer"] and len(set(row["choices"])) == 4
     assert len({row["gold"] for row in shipped}) == 4  # the right answer is not always in one place

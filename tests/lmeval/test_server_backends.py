@@ -10,7 +10,7 @@ import csv
 
 import httpx
 import pytest
-from harness_run import FAST, GEN_DOCS, answers, evaluate
+from harness_run import ANSWERS_BOUND, FAST, GEN_DOCS, answers, evaluate
 
 from fastdllm_ray.cli import build_parser, main
 from fastdllm_ray.commands.serve import config_from_args
@@ -36,7 +36,7 @@ def test_lm_eval_openai_backend_scores_every_document_as_the_backend_does(base_u
     model_args = f"model={DEFAULT_MODEL_NAME},base_url={base_url}/v1/{route},num_concurrent=8,max_retries=1{extra}"
     results = evaluate(backend, model_args, ["tiny_arith"], GEN_DOCS, gen_kwargs=FAST)
     assert answers(results) == answers(direct_generation)
-    assert results["results"]["tiny_arith"]["exact_match,answer"] >= 0.95
+    assert results["results"]["tiny_arith"]["exact_match,answer"] >= ANSWERS_BOUND
 
 
 def test_likelihood_requests_get_a_400_naming_the_field(base_url):
@@ -53,5 +53,5 @@ def test_eval_command_with_server_script_flags_runs_one_configuration(base_url, 
     assert rc == 0
     [row] = list(csv.DictReader((tmp_path / "eval.csv").open()))
     assert (row["cache"], row["schedule"], row["block_length"], row["num_problems"]) == ("dual", "threshold", "32", "20")
-    assert float(row["accuracy"]) >= 0.95
+    assert float(row["accuracy"]) >= ANSWERS_BOUND
     assert "threshold 0.9" in capsys.readouterr().out
