@@ -127,7 +127,6 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from fastdllm_ray.serve.local import init_local_ray
     from fastdllm_ray.serve.ray_env import apply_serve_env_defaults
     from fastdllm_ray.serve.replica import served_model_names
 
@@ -135,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     address, metrics_port = cluster_address(args), metrics_port_of(args)
     if address is None:  # a new local cluster: its processes inherit these
         apply_serve_env_defaults()
-        init_local_ray(num_cpus=args.num_cpus, _metrics_export_port=metrics_port)
+        ray.init(address="local", num_cpus=args.num_cpus, _metrics_export_port=metrics_port)
     else:
         ray.init(address=address)
     try:  # Ctrl-C may come while the app is still deploying: it stops that too

@@ -30,26 +30,6 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in [{_LOW}, {_HIGH})")
 
 
-GCS_START_ATTEMPTS = 3
-
-
-def init_local_ray(**kwargs) -> None:
-    """`ray.init(address="local", **kwargs)`, tried again when the new cluster's GCS does not
-    come up: on a busy CI machine one start in several hundred failed so (Ray's "Failed to
-    start GCS", its client refused by whatever answered on the port), and the next worked."""
-    import ray
-
-    for attempt in range(1, GCS_START_ATTEMPTS + 1):
-        try:
-            ray.init(address="local", **kwargs)
-            return
-        except RuntimeError as error:
-            if "GCS" not in str(error) or attempt == GCS_START_ATTEMPTS:
-                raise
-            ray.shutdown()
-            time.sleep(2 * attempt)
-
-
 @contextmanager
 def local_app(config, num_cpus: int = 2, start_timeout_s: float = APP_START_TIMEOUT_S) -> Iterator[tuple[str, str]]:
     """Starts Ray and the app of `config` (an AppConfig); yields (base_url, metrics_url) once
@@ -61,8 +41,8 @@ def local_app(config, num_cpus: int = 2, start_timeout_s: float = APP_START_TIME
     from fastdllm_ray.commands.serve import start
 
     metrics_port, http_port = free_port(), free_port()
-    init_local_ray(num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port,
-                   namespace=f"fastdllm-local-{http_port}")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port,
+             namespace=f"fastdllm-local-{http_port}")
     try:
         url = start(config, host="127.0.0.1", port=http_port)
         deadline = time.monotonic() + start_timeout_s

@@ -28,7 +28,6 @@ from tests.conftest import TINY_DREAM, TINY_LLADA2, TINY_V2
 from tests.net import free_port
 
 from fastdllm_ray.model.shipped import default_model_path
-from fastdllm_ray.serve.local import init_local_ray
 
 REF_CHECKPOINT = Path(__file__).resolve().parents[1] / "fixtures" / "refdata" / "checkpoint"
 CLUSTER_CPUS = 14  # one per replica (13, the autoscaled model at its 4) and one spare
@@ -128,8 +127,8 @@ def app(random_model_dir) -> Iterator[App]:
     saved = {key: os.environ.get(key) for key in FAST_METRICS}
     os.environ.update(FAST_METRICS)
     metrics_port, http_port = free_port(), free_port()
-    init_local_ray(num_cpus=CLUSTER_CPUS, include_dashboard=False, _metrics_export_port=metrics_port,
-                   namespace=f"fastdllm-scaleout-{http_port}")
+    ray.init(address="local", num_cpus=CLUSTER_CPUS, include_dashboard=False, _metrics_export_port=metrics_port,
+             namespace=f"fastdllm-scaleout-{http_port}")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         serve.run(build_app(app_config(random_model_dir)), name=APP, route_prefix=f"/{APP}")  # returns once every replica runs
