@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,11 @@ torch.set_num_threads(1)
 # every Ray cluster a test starts (ray.init here, `ray start` / `serve run` subprocesses) gets the
 # settings `fastdllm-ray serve` gives its own: Serve's proxy starts late on a busy CI machine
 apply_serve_env_defaults()
+# and no token auth, for the whole session: Ray switches a new GCS to token auth when
+# ~/.ray/auth_token exists (a `ray start` in an earlier test can leave one), while this process's
+# Ray client keeps the auth mode it first read; two tests once set "disabled" only for their own
+# clusters, and every later ray.init here failed ("Failed to start GCS", InvalidAuthToken: CI)
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 @pytest.fixture(scope="session")
