@@ -62,7 +62,7 @@ def _dream_model(tokenizer) -> DreamModel:
 
     ids = tokenizer.convert_tokens_to_ids
     return DreamModel(DreamConfig(
-        d_model=128, n_heads=4, n_kv_heads=2, n_layers=4, mlp_hidden_size=384, vocab_size=len(tokenizer),
+        d_model=192, n_heads=6, n_kv_heads=2, n_layers=6, mlp_hidden_size=576, vocab_size=len(tokenizer),
         max_sequence_length=512, mask_token_id=ids(MASK), eos_token_id=ids(EOS), pad_token_id=ids(EOS),
         bos_token_id=ids(BOS), rope_theta=10000.0,
     ))
@@ -82,7 +82,7 @@ def _v2_model(tokenizer) -> DiffusionTransformer:
 
     ids = tokenizer.convert_tokens_to_ids
     return FastDLLMV2Model(FastDLLMV2Config(
-        d_model=128, n_heads=4, n_kv_heads=2, n_layers=4, mlp_hidden_size=384, vocab_size=len(tokenizer),
+        d_model=192, n_heads=6, n_kv_heads=2, n_layers=6, mlp_hidden_size=576, vocab_size=len(tokenizer),
         max_sequence_length=512, mask_token_id=ids(V2_MASK), eos_token_id=ids(IM_END), pad_token_id=ids(EOS),
         bos_token_id=ids(BOS), rope_theta=10000.0, bd_size=32,
     ))
