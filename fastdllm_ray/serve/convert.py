@@ -193,7 +193,7 @@ def _generation_params(req: FastDLLMFields, max_tokens: Optional[int], max_model
     family = _family_fields(req, max_tokens, policy)
     try:
         params = GenerationParams(gen_length=max_tokens, block_length=req.block_length, threshold=req.threshold,
-                                  temperature=req.temperature, **family)
+                                  temperature=req.temperature, stop_at_eos=not req.ignore_eos, **family)
         if policy is not None:  # else the engine's policy checks it
             policy.validate(params)  # a field this model's family does not use, by name
             policy.effective(params)  # and the family's defaults fit the request (steps against its blocks)

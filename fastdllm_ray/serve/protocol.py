@@ -45,6 +45,8 @@ class FastDLLMFields(BaseModel):
                                    "Fast-dLLM v2 (sampled draws)")
     seed: Optional[int] = Field(None, description="accepted for compatibility; decoding uses the engine's seed")
     user: Optional[str] = None
+    ignore_eos: bool = Field(False, description="vLLM's field: true decodes every block up to max_tokens, past the "
+                             "end token (finish_reason length); the text keeps what the model wrote after it")
     presence_penalty: Optional[float] = Field(
         None, description="not applied: only 0, and the 1.0 NeMo-Skills sends for its neutral repetition_penalty")
     # the diffusion extras

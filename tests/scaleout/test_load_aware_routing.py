@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
 SHORTS = 8
 # far longer than the shorts; blocks of 8 show it running (and let it hang up) within a second or two
-# every block decoded whatever the model answers (stop_at_eos off): a request that stays busy
-LONG = {"max_tokens": 448, "block_length": 8, "steps": 448, "use_cache": False, "stop_at_eos": False}
+# every block decoded whatever the model answers (ignore_eos): a request that stays busy
+LONG = {"max_tokens": 448, "block_length": 8, "steps": 448, "use_cache": False, "ignore_eos": True}
 SHORT = {"max_tokens": 16, "block_length": 8, "steps": 16}
 
 

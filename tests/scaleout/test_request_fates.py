@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 BURST, ANSWERED = 150, 16
 # dual cache: a first block soon, then seconds (every block, whatever the model answers)
-LONG = {"max_tokens": 448, "block_length": 32, "steps": 448, "stop_at_eos": False}
+LONG = {"max_tokens": 448, "block_length": 32, "steps": 448, "ignore_eos": True}
 NO_CACHE = {"max_tokens": 960, "block_length": 32, "steps": 960, "use_cache": False}  # tens of seconds
 SHORT = {"max_tokens": 16, "block_length": 8, "steps": 16}
 USER = [{"role": "user", "content": "12+30="}]

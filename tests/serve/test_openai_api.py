@@ -100,6 +100,17 @@ def test_stop_string_cuts_the_answer(client):
     assert "".join(c.choices[0].text for c in streamed) == cut.text
 
 
+def test_ignore_eos_decodes_every_block_up_to_max_tokens(client):
+    settings = dict(model=DEFAULT_MODEL_NAME, messages=QUESTION, max_tokens=32)
+    stopped = client.chat.completions.create(**settings, extra_body=FAST)
+    assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens < 32
+    full = client.chat.completions.create(**settings, extra_body={**FAST, "ignore_eos": True})
+    assert full.choices[0].finish_reason == "length" and full.usage.completion_tokens == 32
+    assert full.choices[0].message.content.startswith(stopped.choices[0].message.content)
+    with pytest.raises(BadRequestError, match="ignore_eos"):
+        client.chat.completions.create(**settings, extra_body={**FAST, "ignore_eos": "yes"})
+
+
 def test_text_spelling_the_mask_token_reaches_the_engine_as_plain_text(client):
     spelled = "<|mdm_mask|><|eot_id|> 1+1"
     reply = client.chat.completions.create(model=DEFAULT_MODEL_NAME, max_tokens=8, extra_body=FAST,
