@@ -1,4 +1,5 @@
 """`fastdllm-ray chat` in a real terminal (pexpect's pseudo-terminal) against a real server:
+a three-turn conversation answered right at every turn (follow-ups that need the history),
 streamed answers with their figures, history kept and forgotten, settings changed, the
 server's refusals shown, Ctrl-D quitting; and without a server, a pointer to one."""
 
@@ -14,6 +15,7 @@ import pexpect
 import pytest
 
 from fastdllm_ray.model.shipped import DEFAULT_MODEL_NAME
+from fastdllm_ray.train.data import difference_key, split_of, sum_key
 from tests.playground.conftest import API_KEY
 from tests.serve.serve_harness import replica_stats
 
@@ -29,13 +31,48 @@ def cli() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "fastdllm_ray.cli"]
 
 
+# Problems of the held-out split (asserted below): the model never saw them in training, in
+# any wording; the third turn only makes sense with the second answer in the history.
+CONVERSATION = [
+    ("What is 24+47?", "24 + 47 = 71. The answer is 71.", sum_key(24, 47)),
+    ("And what is 64-38?", "64 - 38 = 26. The answer is 26.", difference_key(64, 38)),
+    ("Now subtract 11.", "26 - 11 = 15. The answer is 15.", difference_key(26, 11)),
+]
+
+
+def spawn(base_url: str, *flags: str) -> pexpect.spawn:
+    command, *args = cli()
+    return pexpect.spawn(command, [*args, "chat", "--base-url", base_url, "--api-key", API_KEY, *flags],
+                         encoding="utf-8", timeout=60, dimensions=(40, 160))
+
+
 @pytest.fixture
 def chat(base_url):
-    command, *args = cli()
-    terminal = pexpect.spawn(command, [*args, "chat", "--base-url", base_url, "--api-key", API_KEY, "--steps", "16"],
-                             encoding="utf-8", timeout=60, dimensions=(40, 160))
+    terminal = spawn(base_url, "--steps", "16")
     yield terminal
     terminal.close(force=True)
+
+
+def test_a_three_turn_conversation_is_answered_right_at_every_turn(base_url):
+    assert all(split_of(key) == "eval" for _, _, key in CONVERSATION)
+    terminal = spawn(base_url)  # the server's defaults: dual cache, one token per step
+    try:
+        terminal.expect_exact(PROMPT)
+        prompt_tokens = 0
+        for question, expected, _ in CONVERSATION:
+            answer, figures = ask(terminal, question)
+            assert answer == expected, question
+            assert figures[3] > prompt_tokens  # the history goes with every question
+            prompt_tokens = figures[3]
+        terminal.sendline("/reset")
+        terminal.expect_exact("(conversation forgotten)")
+        terminal.sendline("/settings threshold=0.9")  # and as Fast-dLLM decodes: dual cache + threshold
+        terminal.expect_exact("settings: threshold=0.9\r\n")
+        for question, expected, _ in CONVERSATION:
+            answer, (nfe, _, tokens, _) = ask(terminal, question)
+            assert answer == expected and nfe < tokens, question
+    finally:
+        terminal.close(force=True)
 
 
 def ask(terminal: pexpect.spawn, text: str) -> tuple[str, tuple[int, float, int, int]]:
@@ -55,7 +92,8 @@ def test_a_conversation_streams_answers_with_their_figures_and_keeps_history(cha
     answer, (nfe, per_forward, tokens, first_prompt) = ask(chat, "What is 2+2?")
     assert answer == "2 + 2 = 4. The answer is 4."
     assert (nfe, tokens, per_forward) == (8, 28, 3.5)  # 16 steps over 2 blocks; it stops after the first
-    _, figures = ask(chat, "What is 3+5?")  # (the tiny model only learnt single questions)
+    answer, figures = ask(chat, "And what is 3+5?")
+    assert answer == "3 + 5 = 8. The answer is 8."
     assert figures[3] > first_prompt + tokens  # the first turn went with the second question
 
     chat.sendline("/settings threshold=0.9 steps=off")

@@ -1,7 +1,8 @@
 """The playground in a real headless browser (Debian's chromium through its chromedriver)
 against a real server: it asks "What is 2+2?", watches the answer cells go from masked to
-text over several steps, reads the figures, replays the steps and saves a screenshot; bad
-input shows the server's own message in the page. On the tiny Fast-dLLM v2 and LLaDA2.0
+text over several steps, reads the figures, replays the steps and saves a screenshot; a
+two-turn conversation is answered right at both turns by every shipped model;
+bad input shows the server's own message in the page. On the tiny Fast-dLLM v2 and LLaDA2.0
 models (a second app on the same cluster) the settings are the chosen model's family's, and
 the grid gains a row per block as the answer grows, every answer token in a cell.
 
@@ -36,8 +37,13 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from fastdllm_ray.model.shipped import SHIPPED_MODELS  # noqa: E402
+from fastdllm_ray.train.data import difference_key, split_of, sum_key  # noqa: E402
 
 ANSWER = "2 + 2 = 4. The answer is 4."
+# held-out problems (asserted below); the second turn needs the first answer
+TWO_TURNS = [("What is 21+57?", "21 + 57 = 78. The answer is 78.", sum_key(21, 57)),
+             ("Now subtract 17.", "78 - 17 = 61. The answer is 61.", difference_key(78, 17))]
 # records every class and data-step change of the answer cells, with the class before it
 WATCH_CELLS = """
 window.cellLog = [];
@@ -131,18 +137,39 @@ def test_the_answer_fills_in_over_several_steps(page, tmp_path):
     assert "".join(c.text for c in cells[:len(ANSWER)]).replace("\u2423", " ") == ANSWER
 
 
+def converse(page, model: str) -> None:
+    """A new chat with `model`: each turn's answer is checked as it comes."""
+    Select(page.find_element(By.ID, "model")).select_by_value(model)
+    page.find_element(By.ID, "reset").click()
+    for field in ("steps", "threshold", "block_length", "max_tokens"):  # the server's defaults (shown or not)
+        page.execute_script("document.getElementById(arguments[0]).value = ''", field)
+    for turn, (question, _, _) in enumerate(TWO_TURNS):
+        send(page, question)
+        WebDriverWait(page, 60).until(lambda b: "NFE" in b.find_element(By.ID, "stats").text)
+        answers = [m.text for m in page.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant")]
+        assert answers == [answer for _, answer, _ in TWO_TURNS[: turn + 1]], model
+
+
+@pytest.mark.parametrize("model", SHIPPED_MODELS)
+def test_a_two_turn_conversation_is_answered_right_at_both_turns(page, model):
+    assert all(split_of(key) == "eval" for _, _, key in TWO_TURNS)
+    converse(page, model)
+    Select(page.find_element(By.ID, "model")).select_by_value("tiny-llada-arith")  # as the other tests expect
+
+
 def replayed_step(page) -> int:
     progress = page.find_element(By.ID, "progress").text  # "step 4: block 0, ..."
     return int(progress.split(":")[0].split()[1]) if progress.startswith("step ") else 0
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("message", "", "messages.2.content: a user message must not be empty"),
+    ("message", "", "messages.0.content: a user message must not be empty"),
     ("threshold", "2", "threshold: 2.0 is outside (0, 1]"),
     ("max_tokens", "1000000000", "max_tokens: 1000000000 is beyond the model's context"),
     ("block_length", "abc", "block_length: Input should be a valid integer"),
 ])
 def test_bad_input_shows_the_servers_message(page, field, value, message):
+    page.find_element(By.ID, "reset").click()  # a new chat: an empty message is the conversation's first
     messages_before = len(page.find_elements(By.CSS_SELECTOR, "#messages .msg"))
     if field != "message":
         set_field(page, field, value)
