@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.cuda_timing import graph_ms
 from fastdllm_ray.model.paged_attention import PagedBatch, gather_keys, paged_attention, query_tiles
 
 H, D = 32, 128
@@ -175,25 +176,8 @@ IMPLS = {f.__name__: f for f in (padded_sdpa, ours, ours_m64, flex, flex_q32, va
 
 
 def graph_time(run, repeats=50) -> float:
-    """Median microseconds of a graph replay of `run` (falls back to eager if capture fails)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            run()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    return sorted(times)[len(times) // 2]
+    """Median microseconds of a graph replay of `run`."""
+    return graph_ms(run, iters=repeats) * 1e3
 
 
 WRONG = 0.05  # relative error above which a kernel's output is wrong, not imprecise

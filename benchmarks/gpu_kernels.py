@@ -14,6 +14,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from benchmarks.cuda_timing import graph_ms
 from fastdllm_ray.decoding import StepRules, predict, select_transfer
 from fastdllm_ray.decoding.select import confidence_of
 from fastdllm_ray.model.llada import attention_inputs
@@ -23,27 +24,7 @@ H, D, DM, T, KV = 32, 128, 4096, 32, 384
 
 def graph_time(fn, reps: int = 32, iters: int = 20) -> float:
     """Microseconds per call of fn, replayed `reps` times per graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(iters):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / reps)
-    return sorted(times)[len(times) // 2]
+    return graph_ms(fn, reps, iters) * 1e3
 
 
 def cache_variants(B: int) -> dict:

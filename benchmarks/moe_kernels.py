@@ -35,6 +35,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from benchmarks.cuda_timing import capture, graph_ms, median_ms
 from fastdllm_ray.model import llada2_moe, moe_router_triton, moe_triton
 from fastdllm_ray.model.llada2_config import LLaDA2Config
 from fastdllm_ray.model.llada2_moe import MoELayer, grouped_experts, grouped_mm_usable, route
@@ -83,40 +84,9 @@ def loop_experts(x, chosen, weights, gate_up, down) -> torch.Tensor:
     return (in_token_order.view(n, k, -1).float() * weights[..., None]).sum(dim=1).to(x.dtype)
 
 
-def median_ms(fn, iters: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(iters):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
-def graph_of(fn, reps: int = 1):
-    """fn captured (reps times in a row) in a CUDA graph; returns (replay, the last call's output)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            out = fn()
-    return graph.replay, out
-
-
 def per_call_ms(fn, reps: int = 10) -> float:
     """One launch's time: a graph of `reps` calls, replayed, divided (no launch overhead)."""
-    replay, _ = graph_of(fn, reps)
-    return median_ms(replay, iters=10) / reps
+    return graph_ms(fn, reps, iters=10)
 
 
 @contextlib.contextmanager
@@ -135,7 +105,7 @@ def rel_err(out: torch.Tensor, exact: torch.Tensor) -> float:
 def replays_follow_routing(fused, chosen: torch.Tensor, experts: int) -> bool:
     """A graph of the fused path, captured for one routing, replayed for others (written into
     the tensor it reads), equals the eager path each time."""
-    replay, out = graph_of(fused)
+    replay, out = capture(fused)
     saved, n, k = chosen.clone(), *chosen.shape
     same = torch.arange(k, device=chosen.device).repeat(n, 1)  # every pair on the same k experts
     spread = (torch.arange(n * k, device=chosen.device) % experts).view(n, k)  # on as many as can be
@@ -155,12 +125,12 @@ def measure(layer: MoELayer, cfg: LLaDA2Config, tokens: int, hbm_gbps: float, tf
         grouped = lambda: grouped_experts(x, chosen, weights, gate_up, down)  # noqa: E731
         fused = lambda: moe_triton.fused_experts(x, chosen, weights, gate_up, down)  # noqa: E731
         loop = lambda: loop_experts(x, chosen, weights, gate_up, down)  # noqa: E731
-        replay_grouped, graph_grouped = graph_of(grouped)
-        replay_fused, graph_fused = graph_of(fused)
+        replay_grouped, graph_grouped = capture(grouped)
+        replay_fused, graph_fused = capture(fused)
         layers = {}
         for name in ("grouped_mm", "triton"):
             with backend(name):
-                layers[name], _ = graph_of(lambda: layer(x))
+                layers[name], _ = capture(lambda: layer(x))
         replay_grouped()
         replay_fused()
         exact = loop_experts(x.float(), chosen, weights, gate_up.float(), down.float())
