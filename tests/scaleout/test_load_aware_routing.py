@@ -38,8 +38,8 @@ class LongStream(threading.Thread):
         with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=chat(stream=True, **LONG),
                           timeout=120) as reply:
             for line in reply.iter_lines():
-                if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
-                    self.running.set()  # a first block: the long request holds its replica's slot
+                if line.startswith("data: {") and "role" not in json.loads(line[6:])["choices"][0]["delta"]:
+                    self.running.set()  # a first block (its text may be empty): the request holds its slot
                 if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["finish_reason"]:
                     self.finished = True
                 if self.stop.is_set() or self.finished:

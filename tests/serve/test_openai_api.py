@@ -90,7 +90,12 @@ def test_completion_streamed_and_whole_agree(client):
 
 
 def test_stop_string_cuts_the_answer(client):
-    settings = dict(model=DEFAULT_MODEL_NAME, prompt="3*4=", max_tokens=32, extra_body=FAST)
+    # a completion prompt in the chat format the model was trained on, as token ids (it answers a bare
+    # "3*4=" with its end token; a text prompt's special-token spellings stay plain text)
+    tokenizer = load_tokenizer(default_model_path())
+    prompt = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": "What is 3*4?"}], tokenize=False,
+                                                     add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    settings = dict(model=DEFAULT_MODEL_NAME, prompt=prompt, max_tokens=32, extra_body=FAST)
     full = client.completions.create(**settings).choices[0].text
     assert full, "the model must answer with some text for this test to mean anything"
     stop = full[-1]
