@@ -15,6 +15,9 @@
 #   v2            tiny-v2-arith from scratch (Fast-dLLM v2's block-diffusion objective)
 # Each OUT_DIR/NAME is a checkpoint; OUT_DIR/NAME.log its training and eval output;
 # OUT_DIR/NAME-eval/ its CSVs and OUT_DIR/NAME-BENCHMARKS.md its eval section.
+# STEPS=N trains N steps (MINUTES then only caps them). The shipped tiny-llada-arith is
+# `STEPS=5000 RUNS=llada-ft bash scripts/train_models.sh OUT 9` run with the single-question
+# model as the shipped one (scripts/train_shipped.sh does the same from git, in one command).
 # RUNS="llada-ft v2" runs only those (side by side they share the GPU: each gets a share of its
 # time and memory; five at once ran ~160-260 ms a step, 1,150-1,850 steps in 5 minutes).
 # DEVICE=cpu with small MINUTES runs the same path on a CPU (a smoke run, not a model).
@@ -26,7 +29,7 @@ device=${DEVICE:-cuda}
 python=${PYTHON:-python3}
 mkdir -p "$out"
 fdr() { PYTHONPATH=. "$python" -c 'import sys; from fastdllm_ray.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
-common=(--device "$device" --batch-size "${BATCH:-512}" --steps 60000 --max-minutes "$minutes" --log-every 500)
+common=(--device "$device" --batch-size "${BATCH:-512}" --steps ${STEPS:-60000} --max-minutes "$minutes" --log-every 500)
 
 train_then_eval() {  # NAME EVAL_FLAGS -- TRAIN_FLAGS
   local name=$1 eval_flags=$2; shift 3
@@ -46,7 +49,7 @@ train_then_eval() {  # NAME EVAL_FLAGS -- TRAIN_FLAGS
 llada_eval="--cache none,dual --schedule fixed,threshold --block-lengths 32"
 dream_eval="--cache none,dual"
 train_then_eval llada-ft "$llada_eval" -- --model tiny-llada-arith --init-from tiny-llada-arith --seed 2 \
-  --lr 5e-4 --min-lr 1e-5 --warmup-steps 100 --chat-fraction 0.6 &
+  --lr 3e-4 --min-lr 1e-5 --warmup-steps 100 --chat-fraction 0.4 &
 train_then_eval llada "$llada_eval" -- --model tiny-llada-arith --seed 0 --lr 2e-3 --warmup-steps 100 &
 train_then_eval dream "$dream_eval" -- --model tiny-dream-arith --seed 0 --lr 2e-3 --warmup-steps 100 &
 train_then_eval dream-lr1e-3 "$dream_eval" -- --model tiny-dream-arith --seed 0 --lr 1e-3 --warmup-steps 100 &
