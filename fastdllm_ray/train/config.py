@@ -23,6 +23,7 @@ class TrainConfig:
     num_examples: int = 200_000  # the pool batches are drawn from
     chat_fraction: float = 0.5  # of the pool: conversations; the rest single questions of every task
     bf16: int = 1  # bfloat16 autocast (fast where the CPU has bfloat16 instructions)
+    compile: int = 1  # torch.compile the forward on a GPU (0: eager); the CPU always runs eagerly
     max_minutes: float | None = None  # fewer steps (printed) when the run would take longer
     # start from this checkpoint's weights (a shipped name or a directory of the same recipe)
     # instead of the seed's random ones: a second stage on new data

@@ -25,7 +25,7 @@ from fastdllm_ray.model import load_tokenizer, save_checkpoint
 from fastdllm_ray.train import chats, data
 from fastdllm_ray.train.batches import LengthBatches, encode
 from fastdllm_ray.train.config import TrainConfig, add_arguments
-from fastdllm_ray.train.objectives import OBJECTIVES
+from fastdllm_ray.train.objectives import OBJECTIVES, train_forward
 from fastdllm_ray.train.recipes import ANSWER_LENGTH, RECIPES, init_weights
 
 __all__ = ["TrainConfig", "add_arguments", "train"]
@@ -95,16 +95,28 @@ def _load_weights(model: torch.nn.Module, source: str) -> None:
 
 
 def _loop(cfg: TrainConfig, model, objective, batches: LengthBatches, device: str) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    cuda = device.startswith("cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay,
+                                  fused=cuda)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    # compiled on the GPU (norms, RoPE and SwiGLU fused; the batches' widths vary, so dynamic shapes)
+    forward = torch.compile(train_forward, dynamic=True) if cfg.compile and cuda else train_forward
     started = time.time()
-    warm = started
-    for step in range(cfg.steps):
+    warm, asked = started, cfg.steps
+    for step in range(asked):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         tokens, prompt_lens = batches.next()
+        args = (model, tokens.to(device), prompt_lens.to(device), ANSWER_LENGTH, generator)
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bool(cfg.bf16)):
-            loss = objective(model, tokens.to(device), prompt_lens.to(device), ANSWER_LENGTH, generator)
+            try:
+                loss = objective(*args, forward=forward)
+            except Exception as exc:  # a compiler failure costs speed, not the run
+                if step or forward is train_forward:
+                    raise
+                print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
+                forward = train_forward
+                loss = objective(*args, forward=forward)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -114,13 +126,14 @@ def _loop(cfg: TrainConfig, model, objective, batches: LengthBatches, device: st
                   f"{time.time() - started:.0f}s", flush=True)
         if step == 10:
             warm = time.time()  # first-call costs are behind us
-        if step == 60 and cfg.max_minutes is not None:
+        if step in (60, 300) and cfg.max_minutes is not None:
             # fit the run into the time given, with the learning-rate schedule intact;
             # rerunning with --steps set to the printed number reproduces it
-            per_step = (time.time() - warm) / 50
+            per_step = (time.time() - warm) / (step - 10)  # refitted at step 300: the first steps run slower
             fitting = step + 1 + int((60 * cfg.max_minutes - (time.time() - started)) / per_step)
-            if fitting < cfg.steps:
-                cfg.steps = max(fitting, step + 2)
+            fitted = min(asked, max(fitting, step + 2))
+            if fitted != cfg.steps:
+                cfg.steps = fitted
                 print(f"--max-minutes {cfg.max_minutes}: training for --steps {cfg.steps} "
                       f"({1000 * per_step:.0f} ms a step)", flush=True)
         if step + 1 >= cfg.steps:
