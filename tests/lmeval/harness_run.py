@@ -7,9 +7,10 @@ GEN_DOCS = 16  # generate_until problems every path runs (the first ones of the 
 MC_DOCS = 8  # multiple-choice problems (4 log-likelihoods each)
 FAST = "use_cache=True,use_dual_cache=True,threshold=0.9,block_length=32"  # server field names
 MC_ARGS = {"mc_num": 8, "mc_batch_size": 8}  # few samples: a CPU budget, still far above chance
-# the least accuracy a path may show on these few documents: the shipped model answers ~96% of
-# held-out single questions (BENCHMARKS.md `eval`), so 1 miss in 8-20 is its normal, 3 in 16 is not
-ANSWERS_BOUND = 0.85
+# the least accuracy a path may show on these few documents: the shipped model answers 99% of
+# held-out single questions at dual cache + threshold 0.9 (BENCHMARKS.md `eval`), and every one
+# of the first 20 of this task
+ANSWERS_BOUND = 0.95
 
 
 def evaluate(model: str, model_args, tasks: list[str], limit: int, gen_kwargs: str | None = None,
