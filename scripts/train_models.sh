@@ -28,18 +28,18 @@ minutes=${2:-5.5}
 device=${DEVICE:-cuda}
 python=${PYTHON:-python3}
 mkdir -p "$out"
-fdr() { PYTHONPATH=. "$python" -c 'import sys; from fastdllm_ray.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
+# `fastdllm-ray` from this tree, with the GPU image's python (nothing installed there)
+fdr=(env PYTHONPATH=. "$python" -c 'import sys; from fastdllm_ray.cli import main; sys.exit(main(sys.argv[1:]))')
 common=(--device "$device" --batch-size "${BATCH:-512}" --steps ${STEPS:-60000} --max-minutes "$minutes" --log-every 500)
 
 train_then_eval() {  # NAME EVAL_FLAGS -- TRAIN_FLAGS
   local name=$1 eval_flags=$2; shift 3
   [[ " ${RUNS:-llada-ft llada dream dream-lr1e-3 v2} " == *" $name "* ]] || return 0
   {
-    fdr train --out "$out/$name" "${common[@]}" "$@" || { echo "training $name failed"; return; }
+    "${fdr[@]}" train --out "$out/$name" "${common[@]}" "$@" || { echo "training $name failed"; return; }
     cp BENCHMARKS.md "$out/$name-BENCHMARKS.md"
     # shellcheck disable=SC2086
-    timeout "${EVAL_SECONDS:-150}" env PYTHONPATH=. "$python" -c \
-      'import sys; from fastdllm_ray.cli import main; sys.exit(main(sys.argv[1:]))' eval --model "$out/$name" \
+    timeout "${EVAL_SECONDS:-150}" "${fdr[@]}" eval --model "$out/$name" \
       --device "$device" --dtype float32 --batch-size 256 --eager --no-progress \
       --num-problems "${PROBLEMS:-500}" --chats "${CHATS:-200}" --turns 3 \
       --out-dir "$out/$name-eval" --benchmarks "$out/$name-BENCHMARKS.md" $eval_flags || echo "eval $name: rc $?"
